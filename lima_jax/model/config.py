@@ -1,0 +1,169 @@
+"""The LLaMA model configuration: one frozen dataclass for every family (LLaMA 1,
+2, 3, 3.1, 3.2) and the tiny test sizes, validated at construction.
+
+Dimension alphabet used across the model package: B batch, T query length,
+S key/value length, D model width, N query heads, K key/value heads, G = N/K,
+H head dim, F MLP width, V vocabulary (padded), L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+ATTENTION_IMPLEMENTATIONS = ("xla",)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot be built; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling, as Hugging Face's `rope_scaling` describes it.
+
+    `kind='llama3'` is Llama 3.1's wavelength-dependent scaling (factor,
+    low/high frequency factors, original context length); `kind='linear'`
+    divides every frequency by `factor` (position interpolation).
+    """
+
+    kind: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.kind not in ("llama3", "linear"):
+            raise ConfigError(
+                f"rope_scaling.kind={self.kind!r} is not supported; use 'llama3' or 'linear'"
+            )
+        if self.factor <= 0:
+            raise ConfigError(f"rope_scaling.factor must be > 0, got {self.factor}")
+        if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
+            raise ConfigError(
+                "rope_scaling needs high_freq_factor > low_freq_factor > 0, got "
+                f"{self.high_freq_factor} and {self.low_freq_factor}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Shape and numerics of a LLaMA-family decoder.
+
+    `vocab_size` is the true vocabulary (including an appended EOT token, if
+    any); the embedding tables have `padded_vocab_size` rows (a multiple of
+    `vocab_multiple`, for even sharding) and the padded columns of the logits
+    are masked so they never win a softmax.
+    """
+
+    vocab_size: int
+    dim: int  # D
+    n_layers: int  # L
+    n_heads: int  # N
+    n_kv_heads: int  # K
+    mlp_dim: int  # F
+    head_dim: int | None = None  # H; None = dim // n_heads
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_seq_len: int = 2048
+    tie_embeddings: bool = False
+    vocab_multiple: int = 128
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype
+    logits_dtype: str = "float32"
+    attention: str = "xla"
+    # LIMA's layer-scaled residual dropout: layer i of L drops with
+    # residual_dropout * i / (L - 1); 0.0 disables it.
+    residual_dropout: float = 0.0
+    initializer_range: float = 0.02
+    # Token ids carried for export and decoding (None = unknown).
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    eot_token_id: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.rope_scaling, dict):  # from JSON
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim",
+                    "max_seq_len", "vocab_multiple")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}"
+            )
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ConfigError(
+                    f"model.n_heads={self.n_heads} must divide model.dim={self.dim} "
+                    "when model.head_dim is not given"
+                )
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if self.head_dim <= 0 or self.head_dim % 2:
+            raise ConfigError(f"model.head_dim must be a positive even integer, got {self.head_dim}")
+        for name in ("param_dtype", "dtype", "logits_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(f"model.{name}={getattr(self, name)!r} is not one of {DTYPES}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"model.attention={self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
+            )
+        if not 0.0 <= self.residual_dropout < 1.0:
+            raise ConfigError(
+                f"model.residual_dropout must be in [0, 1), got {self.residual_dropout}"
+            )
+        if self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise ConfigError("model.norm_eps and model.rope_theta must be > 0")
+        if self.eot_token_id is not None and not 0 <= self.eot_token_id < self.vocab_size:
+            raise ConfigError(
+                f"model.eot_token_id={self.eot_token_id} lies outside the vocabulary "
+                f"(vocab_size={self.vocab_size})"
+            )
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding tables: vocab_size rounded up to vocab_multiple."""
+        return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
+
+    @property
+    def group_size(self) -> int:
+        """G: query heads per key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def residual_dropout_rates(self) -> list[float]:
+        """Per-layer residual dropout: 0.0 at layer 0 rising linearly to the max at L-1."""
+        denominator = max(self.n_layers - 1, 1)
+        return [self.residual_dropout * i / denominator for i in range(self.n_layers)]
+
+    def replace(self, **changes: Any) -> "LlamaConfig":
+        """A copy with `changes`; a head_dim that was derived from dim / n_heads
+        is derived again when either of those changes."""
+        reshaped = "dim" in changes or "n_heads" in changes
+        if reshaped and "head_dim" not in changes and self.head_dim == self.dim // self.n_heads:
+            changes["head_dim"] = None
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "LlamaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {unknown}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LlamaConfig":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,155 @@
+"""The LLaMA building blocks in Flax NNX: RMSNorm, rotary embeddings (with
+Llama 3.1 scaling), grouped-query attention and the SwiGLU MLP.
+
+Every parameter is an `nnx.Param` carrying `logical_axes` metadata (names from
+DESIGN.md section 4); `lima_jax.sharding` maps those names to mesh axes, so no
+mesh axis name appears here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lima_jax.model.config import LlamaConfig, RopeScaling
+
+
+def logical_param(rngs: nnx.Rngs, init, shape, dtype, axes: tuple[str | None, ...]) -> nnx.Param:
+    """A parameter initialised by `init` with its logical axis names attached."""
+    if len(axes) != len(shape):
+        raise ValueError(f"logical axes {axes} do not match parameter shape {shape}")
+    return nnx.Param(init(rngs.params(), shape, jnp.dtype(dtype)), logical_axes=tuple(axes))
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm, computed in float32 as transformers' LlamaRMSNorm does."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype: str, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), param_dtype, ("embed",))
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        x32 = x_btd.astype(jnp.float32)
+        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        normed = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(x_btd.dtype)
+        return normed * self.scale[...].astype(x_btd.dtype)
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
+    """[H/2] float32 inverse frequencies, with Llama 3.1 or linear scaling applied."""
+    exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling is None:
+        return inv_freq.astype(np.float32)
+    if scaling.kind == "linear":
+        return (inv_freq / scaling.factor).astype(np.float32)
+    # Llama 3.1: long wavelengths are divided by `factor`, short ones kept, and the
+    # band between them interpolated smoothly.
+    old_context = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_context / scaling.low_freq_factor
+    high_freq_wavelen = old_context / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions_bt: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables [B, T, H/2] in float32 for integer positions [B, T]."""
+    angles = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+    """Rotates the two halves of each head (the Hugging Face "rotate_half" layout)."""
+    half = x_btnh.shape[-1] // 2
+    x1 = x_btnh[..., :half].astype(jnp.float32)
+    x2 = x_btnh[..., half:].astype(jnp.float32)
+    cos = cos_bth[:, :, None, :]
+    sin = sin_bth[:, :, None, :]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_btnh.dtype)
+
+
+def attention_mask(
+    q_segment_ids: jax.Array,
+    kv_segment_ids: jax.Array,
+    q_positions: jax.Array,
+    kv_positions: jax.Array,
+) -> jax.Array:
+    """[B, T, S] bool: a query sees a key of its own segment at or before its position.
+
+    Packed examples never see each other; padding (segment 0) sees only padding,
+    which keeps its softmax finite.
+    """
+    same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
+    return same_segment & causal
+
+
+def xla_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array) -> jax.Array:
+    """Plain jnp grouped-query attention; the reference the Pallas kernels match.
+
+    K/V heads are shared by G = N/K query heads through a reshape, never repeated.
+    Logits and softmax are float32. Returns [B, T, N, H] in q's dtype.
+    """
+    b, t, n, h = q_btnh.shape
+    k = k_bskh.shape[2]
+    q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(h)
+    logits = jnp.where(mask_bts[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_bskh.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, n, h).astype(q_btnh.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with rotary embeddings."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        d, n, k, h = config.dim, config.n_heads, config.n_kv_heads, config.head_dim
+        init = nnx.initializers.normal(config.initializer_range)
+        dt = config.param_dtype
+        self.config = config
+        self.wq = logical_param(rngs, init, (d, n, h), dt, ("embed", "heads", "head_dim"))
+        self.wk = logical_param(rngs, init, (d, k, h), dt, ("embed", "kv_heads", "head_dim"))
+        self.wv = logical_param(rngs, init, (d, k, h), dt, ("embed", "kv_heads", "head_dim"))
+        self.wo = logical_param(rngs, init, (n, h, d), dt, ("heads", "head_dim", "embed"))
+
+    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts):
+        dtype = x_btd.dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x_btd, self.wq[...].astype(dtype))
+        k = jnp.einsum("BSD,DKH->BSKH", x_btd, self.wk[...].astype(dtype))
+        v = jnp.einsum("BSD,DKH->BSKH", x_btd, self.wv[...].astype(dtype))
+        q = apply_rope(q, cos_bth, sin_bth)
+        k = apply_rope(k, cos_bth, sin_bth)
+        out_btnh = xla_attention(q, k, v, mask_bts)
+        return jnp.einsum("BTNH,NHD->BTD", out_btnh, self.wo[...].astype(dtype))
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        d, f = config.dim, config.mlp_dim
+        init = nnx.initializers.normal(config.initializer_range)
+        dt = config.param_dtype
+        self.w_gate = logical_param(rngs, init, (d, f), dt, ("embed", "mlp"))
+        self.w_up = logical_param(rngs, init, (d, f), dt, ("embed", "mlp"))
+        self.w_down = logical_param(rngs, init, (f, d), dt, ("mlp", "embed"))
+
+    def __call__(self, x_btd):
+        dtype = x_btd.dtype
+        gate_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.w_gate[...].astype(dtype))
+        up_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.w_up[...].astype(dtype))
+        hidden_btf = jax.nn.silu(gate_btf) * up_btf
+        return jnp.einsum("BTF,FD->BTD", hidden_btf, self.w_down[...].astype(dtype))

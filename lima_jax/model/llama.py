@@ -1,0 +1,165 @@
+"""The LLaMA decoder in Flax NNX: `Llama(config, rngs=...)(tokens, positions, segment_ids)`.
+
+The L decoder blocks are one module whose parameters carry a leading `layers`
+axis (created with `nnx.vmap`) and run under `jax.lax.scan`, so an 80-layer
+model traces one block and compiles in seconds.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lima_jax.model.config import LlamaConfig
+from lima_jax.model.layers import (
+    MLP,
+    Attention,
+    RMSNorm,
+    attention_mask,
+    logical_param,
+    rope_cos_sin,
+    rope_inverse_frequencies,
+)
+
+
+def residual_dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    """Inverted dropout with a traced per-layer `rate` (a scan input, so no Python branch).
+
+    At rate 0 every element is kept and scaled by 1, an exact identity.
+    """
+    keep_prob = 1.0 - rate
+    keep = jax.random.bernoulli(key, keep_prob, x.shape)
+    return jnp.where(keep, x / keep_prob.astype(x.dtype), jnp.zeros_like(x))
+
+
+class DecoderBlock(nnx.Module):
+    """Pre-norm attention and MLP sub-layers, each joined to the residual stream."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        norm_kwargs = dict(eps=config.norm_eps, param_dtype=config.param_dtype, rngs=rngs)
+        self.attention_norm = RMSNorm(config.dim, **norm_kwargs)
+        self.attention = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(config.dim, **norm_kwargs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, dropout_rate=None, dropout_key=None):
+        """One layer. With `dropout_key`, each sub-layer's output is dropped at
+        `dropout_rate` before it joins the residual stream (LIMA's residual dropout)."""
+        attn_out = self.attention(self.attention_norm(x_btd), cos_bth, sin_bth, mask_bts)
+        if dropout_key is not None:
+            attn_key, mlp_key = jax.random.split(dropout_key)
+            attn_out = residual_dropout(attn_out, dropout_rate, attn_key)
+        h_btd = x_btd + attn_out
+        mlp_out = self.mlp(self.mlp_norm(h_btd))
+        if dropout_key is not None:
+            mlp_out = residual_dropout(mlp_out, dropout_rate, mlp_key)
+        return h_btd + mlp_out
+
+
+def _stacked_blocks(config: LlamaConfig, rngs: nnx.Rngs) -> DecoderBlock:
+    """L blocks as one module whose parameters have a leading `layers` axis."""
+
+    @nnx.split_rngs(splits=config.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=config.n_layers)
+    def create(layer_rngs):
+        return DecoderBlock(config, rngs=layer_rngs)
+
+    blocks = create(rngs)
+    for _, variable in nnx.iter_graph(blocks):
+        if isinstance(variable, nnx.Variable):
+            axes = variable.get_metadata()["logical_axes"]
+            variable.set_metadata(logical_axes=("layers",) + tuple(axes))
+    return blocks
+
+
+class Llama(nnx.Module):
+    """A LLaMA-family causal language model (LLaMA 1, Llama 2, Llama 3.x)."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        v, d = config.padded_vocab_size, config.dim
+        init = nnx.initializers.normal(config.initializer_range)
+        self.embedding = logical_param(rngs, init, (v, d), config.param_dtype, ("vocab", "embed"))
+        self.layers = _stacked_blocks(config, rngs)
+        self.final_norm = RMSNorm(
+            d, eps=config.norm_eps, param_dtype=config.param_dtype, rngs=rngs
+        )
+        if not config.tie_embeddings:
+            self.lm_head = logical_param(rngs, init, (d, v), config.param_dtype, ("embed", "vocab"))
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        dropout_rng: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Logits [B, T, V_padded] for tokens [B, T].
+
+        positions: int [B, T], each token's position inside its own example
+          (default 0..T-1). segment_ids: int [B, T], 1..k for the examples packed
+          in a row and 0 for padding (default: one example per row). An example
+          never attends to another one. Residual dropout runs only when
+          `deterministic=False`, and then needs `dropout_rng`. Logit columns
+          at or beyond `config.vocab_size` (vocabulary padding) are set to the
+          dtype's minimum so they never win a softmax.
+        """
+        config = self.config
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        train = not deterministic and config.residual_dropout > 0.0
+        if train and dropout_rng is None:
+            raise ValueError("Llama: deterministic=False with residual dropout needs dropout_rng")
+
+        dtype = jnp.dtype(config.dtype)
+        x_btd = jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
+        inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+        cos_bth, sin_bth = rope_cos_sin(positions, inv_freq)
+        mask_bts = attention_mask(segment_ids, segment_ids, positions, positions)
+
+        graphdef, stacked_state = nnx.split(self.layers)
+        rates_l = jnp.asarray(config.residual_dropout_rates(), jnp.float32)
+        keys_l = jax.random.split(dropout_rng, config.n_layers) if train else None
+
+        def layer(x, per_layer):
+            layer_state, rate, key = per_layer
+            block = nnx.merge(graphdef, layer_state)
+            return block(x, cos_bth, sin_bth, mask_bts, rate, key), None
+
+        x_btd, _ = jax.lax.scan(layer, x_btd, (stacked_state, rates_l, keys_l))
+        x_btd = self.final_norm(x_btd)
+
+        if config.tie_embeddings:
+            logits = jnp.einsum("BTD,VD->BTV", x_btd, self.embedding[...].astype(dtype))
+        else:
+            logits = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(dtype))
+        logits = logits.astype(jnp.dtype(config.logits_dtype))
+        if config.padded_vocab_size > config.vocab_size:
+            is_real = jnp.arange(config.padded_vocab_size) < config.vocab_size
+            logits = jnp.where(is_real, logits, jnp.finfo(logits.dtype).min)
+        return logits
+
+
+def abstract_model(config: LlamaConfig) -> Llama:
+    """The model with `jax.ShapeDtypeStruct`s for parameters: shapes, no memory."""
+    return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+
+
+def count_parameters(config: LlamaConfig, *, include_vocab_padding: bool = False) -> int:
+    """Parameter count computed from shapes alone (nothing is allocated).
+
+    By default the padded rows of the embedding tables are left out, so the
+    figure compares with published counts.
+    """
+    state = nnx.state(abstract_model(config), nnx.Param)
+    total = sum(leaf.size for leaf in jax.tree.leaves(state))
+    if not include_vocab_padding:
+        tables = 1 if config.tie_embeddings else 2
+        total -= (config.padded_vocab_size - config.vocab_size) * config.dim * tables
+    return int(total)

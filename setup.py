@@ -20,12 +20,14 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "tqdm>=4.66",
     "matplotlib>=3.8",
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
 ]
 
 EXTRAS_REQUIRE = {
     # torch is pinned to the CPU build these machines carry; an unpinned torch
     # pulls the newest build with several GB of CUDA packages.
     "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45"],
+    # libtpu: runs on TPU VMs, and lets a CPU machine compile ahead of time for a TPU slice.
     "tpu": ["jax[tpu]>=0.6"],
     "gpu": ["jax[cuda13]>=0.7"],  # CUDA 13 wheels, as on the H200 image (jax[cuda12] for older drivers)
 }

@@ -169,3 +169,10 @@ def test_config_json_round_trip():
     assert again == config and again.rope_scaling.factor == 8.0
     with pytest.raises(ConfigError, match="unknown model config keys"):
         LlamaConfig.from_dict(dict(config.to_dict(), hidden=3))
+
+
+def test_unrolled_layers_give_the_scanned_logits():
+    tokens = jnp.asarray(np.random.RandomState(5).randint(0, 256, (2, 16)))
+    scanned = forward(tiny(n_layers=3), tokens)
+    unrolled = forward(tiny(n_layers=3, scan_unroll=0), tokens)
+    np.testing.assert_allclose(unrolled, scanned, atol=1e-5)

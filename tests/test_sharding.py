@@ -4,7 +4,6 @@ devices, mesh resolution, and the logical-to-mesh rules."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -14,6 +14,10 @@ import math
 from typing import Any
 
 ATTENTION_IMPLEMENTATIONS = ("xla",)
+# What the backward pass keeps of each layer's activations: "none" keeps all,
+# "full" recomputes the whole layer, "dots" keeps matmul outputs,
+# "dots_no_batch" keeps only matmul outputs without batch dimensions (weights-like).
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -77,6 +81,10 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype
     logits_dtype: str = "float32"
     attention: str = "xla"
+    remat: str = "none"
+    # Layers per iteration of the layer scan: 1 keeps compile time flat in depth (an
+    # 80-layer model compiles in about a second); 0 unrolls every layer (faster on CPU).
+    scan_unroll: int = 1
     # LIMA's layer-scaled residual dropout: layer i of L drops with
     # residual_dropout * i / (L - 1); 0.0 disables it.
     residual_dropout: float = 0.0
@@ -115,6 +123,10 @@ class LlamaConfig:
             raise ConfigError(
                 f"model.attention={self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
             )
+        if not isinstance(self.scan_unroll, int) or self.scan_unroll < 0:
+            raise ConfigError(f"model.scan_unroll must be an integer >= 0, got {self.scan_unroll!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
         if not 0.0 <= self.residual_dropout < 1.0:
             raise ConfigError(
                 f"model.residual_dropout must be in [0, 1), got {self.residual_dropout}"

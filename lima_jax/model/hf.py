@@ -285,7 +285,7 @@ def _place(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Arr
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def _with_new_rows(table_vd: np.ndarray, real_rows: int, added_rows: int, padded_rows: int) -> np.ndarray:
+def append_vocab_rows(table_vd: np.ndarray, real_rows: int, added_rows: int, padded_rows: int) -> np.ndarray:
     """[V_real, D] -> [V_padded, D]: added rows (EOT) are the mean of the real rows
     (DESIGN.md section 2), padding rows are zero."""
     out = np.zeros((padded_rows, table_vd.shape[1]), dtype=table_vd.dtype)
@@ -341,11 +341,11 @@ def from_hf(
     padded, d = config.padded_vocab_size, config.dim
     added = config.vocab_size - hf_vocab
     embed = reader.get("model.embed_tokens.weight", (hf_vocab, d)).astype(np_dtype)
-    assign(("embedding",), _with_new_rows(embed, hf_vocab, added, padded))
+    assign(("embedding",), append_vocab_rows(embed, hf_vocab, added, padded))
     del embed
     if not config.tie_embeddings:
         head = reader.get("lm_head.weight", (hf_vocab, d)).astype(np_dtype)
-        assign(("lm_head",), _with_new_rows(head, hf_vocab, added, padded).T.copy())
+        assign(("lm_head",), append_vocab_rows(head, hf_vocab, added, padded).T.copy())
         del head
     elif "lm_head.weight" in reader:
         log.info("%s: tie_word_embeddings is true; the lm_head.weight tensor is ignored", hf_dir)

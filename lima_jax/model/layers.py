@@ -25,6 +25,18 @@ def logical_param(rngs: nnx.Rngs, init, shape, dtype, axes: tuple[str | None, ..
     return nnx.Param(init(rngs.params(), shape, jnp.dtype(dtype)), logical_axes=tuple(axes))
 
 
+def project(x_btd: jax.Array, w_d_out: jax.Array) -> jax.Array:
+    """x [B, T, D] times a weight [D, *out] -> [B, T, prod(out)], as one 2-D matmul.
+
+    Folding B and T into one row axis gives XLA a plain [B*T, D] x [D, O] dot whose
+    weight gradient is again a plain dot; the 3-D einsum form made XLA:CPU transpose
+    the gradient through a slow copy first (bench/NOTES.md).
+    """
+    b, t, d = x_btd.shape
+    w_do = w_d_out.reshape(d, -1)
+    return (x_btd.reshape(b * t, d) @ w_do).reshape(b, t, w_do.shape[1])
+
+
 class RMSNorm(nnx.Module):
     """Root-mean-square norm, computed in float32 as transformers' LlamaRMSNorm does."""
 
@@ -127,13 +139,15 @@ class Attention(nnx.Module):
 
     def __call__(self, x_btd, cos_bth, sin_bth, mask_bts):
         dtype = x_btd.dtype
-        q = jnp.einsum("BTD,DNH->BTNH", x_btd, self.wq[...].astype(dtype))
-        k = jnp.einsum("BSD,DKH->BSKH", x_btd, self.wk[...].astype(dtype))
-        v = jnp.einsum("BSD,DKH->BSKH", x_btd, self.wv[...].astype(dtype))
+        b, t, _ = x_btd.shape
+        n, k, h = self.config.n_heads, self.config.n_kv_heads, self.config.head_dim
+        q = project(x_btd, self.wq[...].astype(dtype)).reshape(b, t, n, h)
+        k_bskh = project(x_btd, self.wk[...].astype(dtype)).reshape(b, t, k, h)
+        v_bskh = project(x_btd, self.wv[...].astype(dtype)).reshape(b, t, k, h)
         q = apply_rope(q, cos_bth, sin_bth)
-        k = apply_rope(k, cos_bth, sin_bth)
-        out_btnh = xla_attention(q, k, v, mask_bts)
-        return jnp.einsum("BTNH,NHD->BTD", out_btnh, self.wo[...].astype(dtype))
+        k_bskh = apply_rope(k_bskh, cos_bth, sin_bth)
+        out_btnh = xla_attention(q, k_bskh, v_bskh, mask_bts)
+        return project(out_btnh.reshape(b, t, n * h), self.wo[...].astype(dtype).reshape(n * h, -1))
 
 
 class MLP(nnx.Module):
@@ -149,7 +163,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x_btd):
         dtype = x_btd.dtype
-        gate_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.w_gate[...].astype(dtype))
-        up_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.w_up[...].astype(dtype))
+        gate_btf = project(x_btd, self.w_gate[...].astype(dtype))
+        up_btf = project(x_btd, self.w_up[...].astype(dtype))
         hidden_btf = jax.nn.silu(gate_btf) * up_btf
-        return jnp.einsum("BTF,FD->BTD", hidden_btf, self.w_down[...].astype(dtype))
+        return project(hidden_btf, self.w_down[...].astype(dtype))

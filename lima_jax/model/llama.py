@@ -18,9 +18,17 @@ from lima_jax.model.layers import (
     RMSNorm,
     attention_mask,
     logical_param,
+    project,
     rope_cos_sin,
     rope_inverse_frequencies,
 )
+
+
+REMAT_POLICY = {
+    "full": None,  # save nothing but the layer's input
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def residual_dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
@@ -132,13 +140,18 @@ class Llama(nnx.Module):
             block = nnx.merge(graphdef, layer_state)
             return block(x, cos_bth, sin_bth, mask_bts, rate, key), None
 
-        x_btd, _ = jax.lax.scan(layer, x_btd, (stacked_state, rates_l, keys_l))
+        if config.remat != "none":
+            layer = jax.checkpoint(layer, policy=REMAT_POLICY[config.remat], prevent_cse=False)
+        # Unrolling trades compile time for speed: XLA:CPU runs a fully unrolled small
+        # model ~25% faster (the scan's stacking buffers and slices go away).
+        unroll = config.n_layers if config.scan_unroll == 0 else config.scan_unroll
+        x_btd, _ = jax.lax.scan(layer, x_btd, (stacked_state, rates_l, keys_l), unroll=unroll)
         x_btd = self.final_norm(x_btd)
 
         if config.tie_embeddings:
-            logits = jnp.einsum("BTD,VD->BTV", x_btd, self.embedding[...].astype(dtype))
+            logits = project(x_btd, self.embedding[...].astype(dtype).T)
         else:
-            logits = jnp.einsum("BTD,DV->BTV", x_btd, self.lm_head[...].astype(dtype))
+            logits = project(x_btd, self.lm_head[...].astype(dtype))
         logits = logits.astype(jnp.dtype(config.logits_dtype))
         if config.padded_vocab_size > config.vocab_size:
             is_real = jnp.arange(config.padded_vocab_size) < config.vocab_size

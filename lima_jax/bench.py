@@ -1,0 +1,104 @@
+"""Benchmarks: ``python -m lima_jax.bench <what> [--json]``; each appends a row to bench/RESULTS.md.
+
+Subcommands live in their own modules and register here (``data`` today; ``train``,
+``attention`` and ``decode`` to come). Each measurement is one JSON object with its figure and
+the ratio to a named baseline measured in the same run. This module also holds what every
+benchmark records beside its figure: the hardware, the package versions and the results table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import sys
+from typing import Any
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
+
+# name -> module with `add_arguments(parser)` and `run(args) -> list[dict]`.
+BENCHMARKS = {
+    "data": "lima_jax.data.bench",
+    "train": "lima_jax.train_bench",
+}
+
+_HEADER = """# Benchmark results
+
+Rows are appended by `python -m lima_jax.bench <what>`; every figure comes with a baseline
+measured in the same run on the same machine, and their ratio (higher is better).
+
+| date (UTC) | benchmark | hardware | versions | config | figure | baseline | ratio |
+|---|---|---|---|---|---|---|---|
+"""
+
+
+def hardware() -> str:
+    """CPU model, core count and memory (and accelerators if jax is already imported)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{memory}"
+
+
+def versions(packages: tuple[str, ...]) -> str:
+    """'python 3.11.7, grain 0.2.18, ...' for the packages that are installed."""
+    out = [f"python {platform.python_version()}"]
+    for name in packages:
+        try:
+            out.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(out)
+
+
+def append_result(row: dict[str, Any], path: pathlib.Path = RESULTS) -> None:
+    """Appends one measurement to the results table (creating it with its header)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(_HEADER)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    cells = [date, row["benchmark"], row["hardware"], row["versions"], row["config"],
+             row["figure"], row.get("baseline", ""), row.get("ratio", "")]
+    with path.open("a") as f:
+        f.write("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lima_jax.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    modules = {}
+    for name, module_name in BENCHMARKS.items():
+        modules[name] = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=modules[name].__doc__.split("\n")[0])
+        p.add_argument("--json", action="store_true", help="print one JSON object per measurement")
+        p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS}")
+        modules[name].add_arguments(p)
+    args = parser.parse_args(argv)
+    rows = modules[args.what].run(args)
+    for row in rows:
+        print(json.dumps(row) if args.json else f"{row['name']}: {row['figure']}"
+              + (f" (baseline {row['baseline']}, ratio {row['ratio']})" if row.get("baseline") else ""))
+        if not args.no_record and row.get("record", True):
+            append_result(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Training metrics: `WORKDIR/metrics.jsonl`, TensorBoard event files, a progress bar, a
+loss-curve PNG, and MFU against the chip's published peak.
+
+Only process 0 writes; every other process gets a logger that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import jax
+
+# Dense bf16 peak FLOP/s per device, by a substring of `device.device_kind`.
+PEAK_FLOPS = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v4", 275e12),
+)
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+    """The chip's bf16 peak, or None where it is unknown (CPUs)."""
+    kind = (device or jax.devices()[0]).device_kind
+    for name, flops in PEAK_FLOPS:
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
+class MetricsLogger:
+    """Writes one JSON line per logged step, TensorBoard scalars and a progress bar."""
+
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool, total_steps: int,
+                 initial_step: int = 0, progress: bool = True):
+        self.enabled = enabled
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        self._truncate_after(initial_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        except ImportError:  # optional: metrics.jsonl still has everything
+            self._tb = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop lines of steps the restored state has not taken yet, so the
+        file reads as one uninterrupted run."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut off by a kill
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    tag = key.replace("eval_", "eval/") if key.startswith("eval_") else f"train/{key}"
+                    self._tb.add_scalar(tag, value, record["step"])
+        if self._bar is not None and "loss" in record:
+            self._bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=record.get("epoch"))
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def write(self, message: str) -> None:
+        """Prints without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._file.close()
+
+
+def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> pathlib.Path | None:
+    """Training loss (and held-out loss, if logged) against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in pathlib.Path(metrics_path).read_text().splitlines() if line]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    held_out = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), label="train loss")
+    if held_out:
+        ax.plot(*zip(*held_out), "o-", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / loss token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = pathlib.Path(out_png)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

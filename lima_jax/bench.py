@@ -26,6 +26,7 @@ RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
 BENCHMARKS = {
     "data": "lima_jax.data.bench",
     "train": "lima_jax.train_bench",
+    "decode": "lima_jax.decode_bench",
 }
 
 _HEADER = """# Benchmark results

@@ -71,6 +71,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.eval_data = ""  # held-out file (any data format) for held-out loss, '' = none
     c.train.eval_every_epochs = 1
     c.train.eval_at_start = True
+    # Also answer the held-out requests greedily (KV-cache decoder) and score exact matches
+    # against their reference answers, before and after training (single-host runs).
+    c.train.eval_exact_match = False
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # besides every epoch end; 0 = epoch ends only

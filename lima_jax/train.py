@@ -207,8 +207,21 @@ def train(config: ml_collections.ConfigDict) -> dict:
         checkpointer.save(step, state, iterator.get_state(), dict(meta, step=step))
 
     summary = {"compile_s": compile_s, "start_step": start_step, "total_steps": total_steps}
+    def generation_score() -> dict:
+        if not (config.train.eval_exact_match and eval_pipeline is not None):
+            return {}
+        if jax.process_count() > 1:
+            log.info("train.eval_exact_match: skipped on a multi-host run")
+            return {}
+        from lima_jax.held_out import exact_match
+
+        result = exact_match(fns.model(state["params"]), tokenizer, config.train.eval_data,
+                             template=config.data.template)
+        return {"eval_exact_match": result["exact_match"], "eval_example": result.get("sample")}
+
     if eval_pipeline is not None and start_step == 0 and config.train.eval_at_start:
         summary["eval_at_start"] = _evaluate(eval_fn, state["params"], eval_pipeline, rows)
+        summary["eval_at_start"].update(generation_score())
         metrics_log.log({"step": 0, **summary["eval_at_start"]})
         metrics_log.write(f"held-out before training: {summary['eval_at_start']}")
 
@@ -267,6 +280,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
     summary.update(status=status, last_checkpoint=last_saved)
     if eval_pipeline is not None and status == "completed":
         summary["eval_at_end"] = _evaluate(eval_fn, state["params"], eval_pipeline, rows)
+        summary["eval_at_end"].update(generation_score())
         metrics_log.write(f"held-out after training: {summary['eval_at_end']}")
     metrics_log.close()
     if is_main:

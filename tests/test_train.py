@@ -190,9 +190,14 @@ def test_cli_refuses_an_unknown_key_before_compiling(tmp_path):
 
 
 def test_run_writes_metrics_checkpoints_and_learns(tmp_path):
-    c = tiny_config(tmp_path / "run", tmp_path / "data")
+    c = tiny_config(tmp_path / "run", tmp_path / "data", train__eval_exact_match=True)
     summary = train(c)
     run = tmp_path / "run"
+    # Greedy answers to the 32 held-out requests, scored against their references.
+    for when in ("eval_at_start", "eval_at_end"):
+        assert 0.0 <= summary[when]["eval_exact_match"] <= 1.0
+        prompt, answer, reference = summary[when]["eval_example"]
+        assert prompt.endswith(("?", ".")) and isinstance(answer, str) and reference
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, summary["total_steps"] + 1))

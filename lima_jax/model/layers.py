@@ -137,17 +137,25 @@ class Attention(nnx.Module):
         self.wv = logical_param(rngs, init, (d, k, h), dt, ("embed", "kv_heads", "head_dim"))
         self.wo = logical_param(rngs, init, (n, h, d), dt, ("heads", "head_dim", "embed"))
 
-    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts):
+    def qkv(self, x_btd, cos_bth, sin_bth):
+        """Rotated queries [B, T, N, H] and keys [B, T, K, H], and values [B, T, K, H]."""
         dtype = x_btd.dtype
         b, t, _ = x_btd.shape
         n, k, h = self.config.n_heads, self.config.n_kv_heads, self.config.head_dim
         q = project(x_btd, self.wq[...].astype(dtype)).reshape(b, t, n, h)
-        k_bskh = project(x_btd, self.wk[...].astype(dtype)).reshape(b, t, k, h)
-        v_bskh = project(x_btd, self.wv[...].astype(dtype)).reshape(b, t, k, h)
-        q = apply_rope(q, cos_bth, sin_bth)
-        k_bskh = apply_rope(k_bskh, cos_bth, sin_bth)
-        out_btnh = xla_attention(q, k_bskh, v_bskh, mask_bts)
-        return project(out_btnh.reshape(b, t, n * h), self.wo[...].astype(dtype).reshape(n * h, -1))
+        k_btkh = project(x_btd, self.wk[...].astype(dtype)).reshape(b, t, k, h)
+        v_btkh = project(x_btd, self.wv[...].astype(dtype)).reshape(b, t, k, h)
+        return apply_rope(q, cos_bth, sin_bth), apply_rope(k_btkh, cos_bth, sin_bth), v_btkh
+
+    def output(self, out_btnh):
+        """The attention output [B, T, N, H] projected back to [B, T, D]."""
+        b, t, n, h = out_btnh.shape
+        return project(out_btnh.reshape(b, t, n * h),
+                       self.wo[...].astype(out_btnh.dtype).reshape(n * h, -1))
+
+    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts):
+        q, k_bskh, v_bskh = self.qkv(x_btd, cos_bth, sin_bth)
+        return self.output(xla_attention(q, k_bskh, v_bskh, mask_bts))
 
 
 class MLP(nnx.Module):

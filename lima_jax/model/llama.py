@@ -64,6 +64,15 @@ class DecoderBlock(nnx.Module):
             mlp_out = residual_dropout(mlp_out, dropout_rate, mlp_key)
         return h_btd + mlp_out
 
+    def with_attend(self, x_btd, cos_bth, sin_bth, attend):
+        """One layer (no dropout) whose attention is `attend(q, k, v) -> (out_btnh, aux)`;
+        the KV-cache decoder (lima_jax.model.kv_cache) passes one that reads and writes
+        its cache. Returns (x_btd, aux)."""
+        q, k_btkh, v_btkh = self.attention.qkv(self.attention_norm(x_btd), cos_bth, sin_bth)
+        out_btnh, aux = attend(q, k_btkh, v_btkh)
+        h_btd = x_btd + self.attention.output(out_btnh)
+        return h_btd + self.mlp(self.mlp_norm(h_btd)), aux
+
 
 def _stacked_blocks(config: LlamaConfig, rngs: nnx.Rngs) -> DecoderBlock:
     """L blocks as one module whose parameters have a leading `layers` axis."""
@@ -125,8 +134,7 @@ class Llama(nnx.Module):
         if train and dropout_rng is None:
             raise ValueError("Llama: deterministic=False with residual dropout needs dropout_rng")
 
-        dtype = jnp.dtype(config.dtype)
-        x_btd = jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
+        x_btd = self.embed(tokens)
         inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
         cos_bth, sin_bth = rope_cos_sin(positions, inv_freq)
         mask_bts = attention_mask(segment_ids, segment_ids, positions, positions)
@@ -146,8 +154,18 @@ class Llama(nnx.Module):
         # model ~25% faster (the scan's stacking buffers and slices go away).
         unroll = config.n_layers if config.scan_unroll == 0 else config.scan_unroll
         x_btd, _ = jax.lax.scan(layer, x_btd, (stacked_state, rates_l, keys_l), unroll=unroll)
-        x_btd = self.final_norm(x_btd)
+        return self.logits(x_btd)
 
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """Token embeddings [..., D] in the compute dtype for ids [...]."""
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+
+    def logits(self, x_btd: jax.Array) -> jax.Array:
+        """Final norm and output head: [B, T, D] -> logits [B, T, V_padded], the padded
+        vocabulary columns set to the dtype's minimum."""
+        config = self.config
+        dtype = jnp.dtype(config.dtype)
+        x_btd = self.final_norm(x_btd)
         if config.tie_embeddings:
             logits = project(x_btd, self.embedding[...].astype(dtype).T)
         else:

@@ -1,0 +1,17 @@
+"""Decoding: KV-cache generation with LIMA's sampling and EOT stop, batched and sharded
+(`generate`), the sampling rules (`sampling`), prompt files and the URIAL in-context baseline
+(`prompts`), checkpoint loading (`load`) and the command ``python -m lima_jax.decode`` (`cli`)."""
+
+from lima_jax.decode.generate import Generation, Generator, prompt_bucket
+from lima_jax.decode.prompts import (
+    DECODE_TEMPLATES,
+    encode_for_template,
+    read_prompts,
+    urial_text,
+)
+from lima_jax.decode.sampling import SamplingConfig, row_keys
+
+__all__ = [
+    "DECODE_TEMPLATES", "Generation", "Generator", "SamplingConfig", "encode_for_template",
+    "prompt_bucket", "read_prompts", "row_keys", "urial_text",
+]

@@ -1,0 +1,117 @@
+"""Loading a model and its tokenizer for decoding, from any checkpoint this project writes.
+
+``--ckpt DIR`` accepts a converted model checkpoint (``model_config.json`` + ``params/``), a
+training run's step directory (``WORKDIR/checkpoints/<step>``) or the run's workdir (its
+latest step); from a training checkpoint only the parameters are read (an orbax partial
+restore: the optimizer state stays on disk), and the tokenizer comes from its ``meta``.
+``--hf DIR`` reads a Hugging Face LLaMA directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from lima_jax import sharding as sharding_lib
+from lima_jax.checkpoint import (
+    MODEL_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TrainCheckpointer,
+    load_model,
+    load_model_config,
+)
+from lima_jax.data.tokenizer import Tokenizer
+from lima_jax.model import LlamaConfig, abstract_model, from_hf, load_hf_config
+from lima_jax.model.llama import Llama
+
+
+class LoadError(ValueError):
+    """A checkpoint or tokenizer that cannot be used; the message names the path."""
+
+
+def _param_shardings(config: LlamaConfig, mesh):
+    if mesh is None:
+        return None
+    state = nnx.state(abstract_model(config), nnx.Param)
+    return sharding_lib.state_shardings(state, mesh)
+
+
+def _train_step_dir(path: pathlib.Path) -> pathlib.Path | None:
+    """The step directory `path` names: itself, or a workdir's latest step."""
+    if (path / "state").is_dir():
+        return path
+    checkpoints = path / "checkpoints"
+    if checkpoints.is_dir():
+        steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+        if steps:
+            return checkpoints / str(steps[-1])
+    return None
+
+
+def _load_train_checkpoint(step_dir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
+    checkpointer = TrainCheckpointer(step_dir.parent, async_save=False)
+    step = int(step_dir.name)
+    meta = checkpointer.read_meta(step)
+    config = LlamaConfig.from_dict(meta["model_config"])
+    if dtype:
+        config = config.replace(dtype=dtype)
+    graphdef, abstract_state = nnx.split(abstract_model(config))
+    pure = nnx.to_pure_dict(abstract_state)
+    shardings = _param_shardings(config, mesh)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding_pure = jax.tree.map(lambda _: device, pure)
+    else:
+        sharding_pure = nnx.to_pure_dict(shardings)
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), sharding_pure)
+    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item={"params": pure}, restore_args={"params": restore_args},
+                                     partial_restore=True)))
+    checkpointer.close()
+    nnx.replace_by_pure_dict(abstract_state, restored["state"]["params"])
+    tokenizer = Tokenizer(base64.b64decode(meta["tokenizer_model_b64"]), meta.get("tokenizer_path", ""))
+    return nnx.merge(graphdef, abstract_state), tokenizer
+
+
+def _tokenizer(path: pathlib.Path | None, where: pathlib.Path) -> Tokenizer:
+    if path is None:
+        path = where / TOKENIZER_FILE
+        if not path.is_file():
+            raise LoadError(f"{where}: no {TOKENIZER_FILE} beside the model; pass --tokenizer FILE")
+    return Tokenizer.load(path)
+
+
+def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokenizer: str | None = None,
+                      dtype: str | None = None, add_eot: bool = False, mesh=None) -> tuple[Llama, Tokenizer]:
+    """(model, tokenizer) from `ckpt` or `hf`. dtype: compute dtype (and, for --hf, the
+    parameter dtype); add_eot: for --hf, append LIMA's EOT token (chat templates need it)."""
+    tok_path = pathlib.Path(tokenizer) if tokenizer else None
+    if (ckpt is None) == (hf is None):
+        raise LoadError("give exactly one of --ckpt DIR or --hf DIR")
+    if hf is not None:
+        path = pathlib.Path(hf)
+        if not (path / "config.json").is_file():
+            raise LoadError(f"--hf {path}: no config.json; expected a Hugging Face LLaMA directory")
+        param_dtype = dtype or "float32"
+        config = load_hf_config(path, param_dtype=param_dtype, dtype=param_dtype)
+        if add_eot:
+            config = config.replace(vocab_size=config.vocab_size + 1, eot_token_id=config.vocab_size)
+        model = from_hf(path, param_dtype, add_eot=add_eot, shardings=_param_shardings(config, mesh))
+        return model, _tokenizer(tok_path, path)
+    path = pathlib.Path(ckpt)
+    if (path / MODEL_CONFIG_FILE).is_file():
+        overrides = {"dtype": dtype} if dtype else {}
+        config = load_model_config(path).replace(**overrides)
+        model = load_model(path, shardings=_param_shardings(config, mesh), **overrides)
+        return model, _tokenizer(tok_path, path)
+    step_dir = _train_step_dir(path)
+    if step_dir is None:
+        raise LoadError(
+            f"--ckpt {path}: neither a model checkpoint ({MODEL_CONFIG_FILE} + params/) nor a "
+            "training step directory (state/, meta/) nor a workdir with checkpoints/<step>/")
+    model, tok = _load_train_checkpoint(step_dir, mesh, dtype)
+    return model, (Tokenizer.load(tok_path) if tok_path else tok)

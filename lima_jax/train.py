@@ -120,7 +120,9 @@ def train(config: ml_collections.ConfigDict) -> dict:
     tokenizer = pipeline.tokenizer
     total_steps = pipeline.num_steps
     run_steps = min(total_steps, config.train.max_steps or total_steps)
-    epoch_ends = list(np.cumsum(pipeline.steps_per_epoch))
+    epoch_ends = [int(x) for x in np.cumsum(pipeline.steps_per_epoch)]
+    if is_main:  # where each epoch ends, for `python -m lima_jax.evaluate select`
+        (workdir / "epochs.json").write_text(json.dumps({"epoch_end_steps": epoch_ends}))
     if is_main:
         print(f"train: {total_steps} steps in {len(epoch_ends)} epochs"
               + (f", cut to {run_steps} by train.max_steps" if run_steps < total_steps else ""),

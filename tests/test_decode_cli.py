@@ -121,3 +121,23 @@ def test_decode_from_a_training_checkpoint(tmp_path):
     (record,) = _lines(out)
     assert record["id"] == "a" and record["stop_reason"] in ("eot", "eos", "length")
     assert tokenizer.eot_id not in record["tokens"]
+
+
+def test_a_prompt_longer_than_the_context_gets_a_counted_empty_answer(shared_data, tmp_path, capsys):
+    stories = shared_data / "checkpoints" / "stories260K-hf"
+    prompts = _write(tmp_path / "p.jsonl", [{"id": "long", "prompt": "Once upon a time " * 200},
+                                            {"id": "short", "prompt": "Once upon a time"}])
+    out = tmp_path / "out.jsonl"
+    assert main(["--hf", str(stories), "--template", "raw", "--greedy", "--max-new-tokens", "4",
+                 "--prompts", str(prompts), "--out", str(out), "--quiet"]) == 0
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["long"]["stop_reason"] == "prompt_too_long" and rows["long"]["text"] == ""
+    assert rows["short"]["num_tokens"] == 4
+    assert "1 prompt(s) have max_seq_len=512 tokens or more" in capsys.readouterr().err
+
+
+def test_bad_input_is_an_error_not_a_traceback(tmp_path, capsys):
+    prompts = _write(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}])
+    assert main(["--hf", str(tmp_path / "missing"), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "error: --hf" in capsys.readouterr().err

@@ -102,6 +102,18 @@ def done_rows(out: pathlib.Path) -> set[tuple[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lima_jax.data.errors import DataError
+    from lima_jax.decode.sampling import SamplingError
+    from lima_jax.model.config import ConfigError
+
+    try:
+        return _run(args)
+    except (DataError, SamplingError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from lima_jax.decode.load import load_for_decoding  # heavy imports after --help
 
     for name in ("num_samples", "batch_size", "max_new_tokens"):
@@ -126,7 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = done_rows(out)
     encoded = {p.id: encode_for_template(p.text, tokenizer, args.template) for p in prompts}
+    # A prompt that leaves no room to answer within the model's context gets an empty answer
+    # with stop_reason 'prompt_too_long' (counted on stderr), so no prompt goes missing.
+    too_long = {pid for pid, ids in encoded.items() if len(ids) >= config.max_seq_len}
     rows = [(p, s) for p in prompts for s in range(args.num_samples) if (p.id, s) not in done]
+    if too_long:
+        print(f"decode: {len(too_long)} prompt(s) have max_seq_len={config.max_seq_len} tokens or "
+              f"more and get an empty answer (stop_reason prompt_too_long), e.g. "
+              f"{sorted(too_long)[:3]}", file=sys.stderr)
+        with out.open("a", encoding="utf-8") as f:
+            for prompt, sample in rows:
+                if prompt.id in too_long:
+                    f.write(json.dumps({
+                        "id": prompt.id, "sample": sample, "prompt": prompt.text, "text": "",
+                        "tokens": [], "num_tokens": 0, "stop_reason": "prompt_too_long",
+                    }, ensure_ascii=False) + "\n")
+        rows = [(p, s) for p, s in rows if p.id not in too_long]
     rows.sort(key=lambda row: -len(encoded[row[0].id]))  # similar lengths share a batch
     generator = Generator(model, mesh=mesh)
     from tqdm import tqdm

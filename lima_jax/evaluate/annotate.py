@@ -1,0 +1,129 @@
+"""The human annotation page: a local web server that shows each prompt with the two systems'
+responses in a random (but per-item fixed) left/right order, takes "1 better / tie / 2 better" by
+button or key, and appends every verdict to OUT/verdicts.jsonl (fsynced) the moment it is made.
+On start it reads that file back, so a restarted server continues where the annotator stopped;
+the verdicts use the pairwise format (a / tie / b), so `evaluate table` and `agree` read them."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import pathlib
+import random
+import threading
+import time
+
+from lima_jax.evaluate.annotation_page import PAGE
+from lima_jax.evaluate.pairwise import table_markdown, win_table
+from lima_jax.evaluate.responses import Response
+
+
+class AnnotationStudy:
+    """The pairs, their left/right order, and the verdicts so far (thread-safe)."""
+
+    def __init__(self, pairs: list[tuple[Response, Response]], out: pathlib.Path, *, a_name: str,
+                 b_name: str, annotator: str, seed: int = 0):
+        self.pairs = {a.id: (a, b) for a, b in pairs}
+        self.order = [a.id for a, _ in pairs]
+        # Seeded per id, not drawn in sequence: the same item keeps its sides after a restart.
+        self.left_is_a = {i: random.Random(f"{seed}:{i}").random() < 0.5 for i in self.order}
+        self.out, self.a_name, self.b_name, self.annotator = out, a_name, b_name, annotator
+        self.path = out / "verdicts.jsonl"
+        self.verdicts: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        out.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:  # a torn last line (killed mid-write) is that item not yet judged
+                    record = json.loads(line)
+                    if record["id"] in self.pairs:
+                        self.verdicts[record["id"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def state(self) -> dict:
+        with self._lock:
+            todo = next((i for i in self.order if i not in self.verdicts), None)
+            item = None
+            if todo is not None:
+                a, b = self.pairs[todo]
+                left, right = (a, b) if self.left_is_a[todo] else (b, a)
+                item = {"id": todo, "prompt": a.prompt or b.prompt, "left": left.text, "right": right.text}
+            return {"done": len(self.verdicts), "total": len(self.order), "item": item}
+
+    def record(self, item_id: str, choice: str) -> dict:
+        """Saves one verdict ('left' | 'tie' | 'right' as seen on the page) and rewrites the table."""
+        if item_id not in self.pairs:
+            raise KeyError(f"unknown item id {item_id!r}")
+        if choice not in ("left", "tie", "right"):
+            raise ValueError(f"choice must be left, tie or right, got {choice!r}")
+        left = "a" if self.left_is_a[item_id] else "b"
+        verdict = "tie" if choice == "tie" else (left if choice == "left" else {"a": "b", "b": "a"}[left])
+        a, _ = self.pairs[item_id]
+        record = {"id": item_id, "sample": a.sample, "verdict": verdict, "judge": f"human:{self.annotator}",
+                  "annotator": self.annotator, "left": left, "choice": choice, "time": time.time()}
+        with self._lock:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.verdicts[item_id] = record
+            table = win_table(list(self.verdicts.values()), a_name=self.a_name, b_name=self.b_name)
+            (self.out / "table.md").write_text(table_markdown([table]), encoding="utf-8")
+            (self.out / "table.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+        return self.state()
+
+
+def make_server(study: AnnotationStudy, host: str = "127.0.0.1", port: int = 8765) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for `study` (port 0: any free port); call serve_forever() on it."""
+    page = PAGE.encode("utf-8")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path in ("/", "/index.html"):
+                self._send(200, page, "text/html; charset=utf-8")
+            elif self.path == "/api/state":
+                self._send(200, json.dumps(study.state()).encode())
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+        def do_POST(self):
+            if self.path != "/api/verdict":
+                return self._send(404, b'{"error": "not found"}')
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                state = study.record(str(body["id"]), body["choice"])
+            except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
+                return self._send(400, json.dumps({"error": str(e)}).encode())
+            self._send(200, json.dumps(state).encode())
+
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve(pairs, out: pathlib.Path, *, a_name: str, b_name: str, annotator: str,
+          host: str = "127.0.0.1", port: int = 8765, seed: int = 0) -> None:
+    study = AnnotationStudy(pairs, out, a_name=a_name, b_name=b_name, annotator=annotator, seed=seed)
+    server = make_server(study, host, port)
+    state = study.state()
+    print(f"evaluate annotate: http://{host}:{server.server_address[1]}/  ({state['done']} of "
+          f"{state['total']} judged; verdicts in {study.path}; Ctrl-C to stop, rerun to resume)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,78 @@
+"""Reading response files written by ``python -m lima_jax.decode`` and pairing two systems' answers.
+
+Every problem names the file and line; duplicate (id, sample) rows are an error (a judge would
+otherwise see one answer twice), empty answers are kept but flagged so the caller counts them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+
+class ResponseError(ValueError):
+    """A response file that cannot be judged as given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    id: str
+    sample: int
+    prompt: str
+    text: str
+
+
+def read_responses(path: str | pathlib.Path) -> dict[tuple[str, int], Response]:
+    """{(id, sample): Response} from a decode JSONL file, in file order."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ResponseError(f"{path}: no such response file")
+    rows: dict[tuple[str, int], Response] = {}
+    lines_of: dict[tuple[str, int], int] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ResponseError(f"{where}: not JSON ({e.msg}); a torn last line? rerun decode to resume it") from e
+        if not isinstance(record, dict) or "id" not in record or "text" not in record:
+            raise ResponseError(f"{where}: expected an object with 'id' and 'text' (a decode output line)")
+        key = (str(record["id"]), int(record.get("sample", 0)))
+        if key in rows:
+            raise ResponseError(f"{where}: duplicate id {key[0]!r} sample {key[1]} (first on line "
+                                f"{lines_of[key]}); each (id, sample) must appear once")
+        text = record["text"]
+        if not isinstance(text, str):
+            raise ResponseError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+        rows[key] = Response(key[0], key[1], str(record.get("prompt", "")), text)
+        lines_of[key] = number
+    if not rows:
+        raise ResponseError(f"{path}: no responses")
+    return rows
+
+
+def pair_responses(a: dict, b: dict, *, sample: int = 0, a_name: str = "A", b_name: str = "B",
+                   intersect: bool = False) -> tuple[list[tuple[Response, Response]], dict]:
+    """[(a, b)] for every prompt id of sample `sample`, in A's order, and counts of what was left out.
+
+    Ids present in only one file are an error unless `intersect` (then they are counted as skipped).
+    """
+    a_ids = {k[0]: r for k, r in a.items() if k[1] == sample}
+    b_ids = {k[0]: r for k, r in b.items() if k[1] == sample}
+    if not a_ids or not b_ids:
+        raise ResponseError(f"no responses with sample {sample} in {a_name if not a_ids else b_name}")
+    only_a = [i for i in a_ids if i not in b_ids]
+    only_b = [i for i in b_ids if i not in a_ids]
+    if (only_a or only_b) and not intersect:
+        raise ResponseError(
+            f"the response files do not answer the same prompts: {len(only_a)} ids only in {a_name} "
+            f"(e.g. {only_a[:3]}), {len(only_b)} only in {b_name} (e.g. {only_b[:3]}); pass --intersect "
+            "to judge the shared ids only")
+    for i in a_ids:
+        if i in b_ids and a_ids[i].prompt and b_ids[i].prompt and a_ids[i].prompt != b_ids[i].prompt:
+            raise ResponseError(f"id {i!r} has different prompts in {a_name} and {b_name}; "
+                                "the files come from different prompt sets")
+    pairs = [(a_ids[i], b_ids[i]) for i in a_ids if i in b_ids]
+    return pairs, {"only_in_a": len(only_a), "only_in_b": len(only_b)}

@@ -16,7 +16,6 @@ import time
 
 import jax
 import ml_collections
-from jax.experimental import mesh_utils
 
 from lima_jax import sharding as sharding_lib
 from lima_jax.model.presets import get_preset
@@ -96,15 +95,8 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
         devices = slice_topology(config.topology).devices
     else:
         devices = jax.devices()
-    shape = sharding_lib.mesh_shape(dict(config.mesh), len(devices))
-    dims = tuple(shape[a] for a in sharding_lib.MESH_AXES)
-    try:
-        device_array = mesh_utils.create_device_mesh(dims, devices=devices)
-    except Exception:  # noqa: BLE001 - CPU devices have no physical layout
-        import numpy as np
-
-        device_array = np.asarray(devices).reshape(dims)
-    mesh = jax.sharding.Mesh(device_array, sharding_lib.MESH_AXES)
+    mesh = sharding_lib.make_mesh(dict(config.mesh), devices)
+    shape = dict(mesh.shape)
     rules = tuple(config.sharding_rules)
     rows_per_device_check(config, shape["data"] * shape["fsdp"])
 

@@ -11,7 +11,7 @@ import ml_collections
 
 from lima_jax.data.config import get_default_data_config, validate_data_config
 from lima_jax.data.errors import DataError
-from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES, ConfigError
+from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
 from lima_jax.model.presets import PRESETS
 from lima_jax.sharding import DEFAULT_RULES, MESH_AXES
 
@@ -174,12 +174,3 @@ def total_flops_per_token(n_matmul_params: int, n_layers: int, seq_len: int, att
     """Training FLOPs per token: 6 per matmul parameter, plus causal attention
     (QK^T and PV: 4 * T * N*H per layer forward, halved by the mask, x3 with backward)."""
     return 6.0 * n_matmul_params + 6.0 * n_layers * seq_len * attn_width
-
-
-def check_model_config_error(fn):
-    """Turns the model's ConfigError into a RunConfigError naming config.model.*."""
-    try:
-        return fn()
-    except ConfigError as err:
-        raise RunConfigError("model", str(err)) from None
-

@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "datasketch>=1.6",  # MinHash + LSH for near-duplicate removal (lima_jax.curate)
 ]
 
 EXTRAS_REQUIRE = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 
 import jax
@@ -120,7 +121,10 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
     step = jax.jit(fns.train_step, in_shardings=(shardings, rows), out_shardings=(shardings, None),
                    donate_argnums=0)
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    with sharding_lib.activation_context(mesh, rules):  # Pallas kernels shard_map from it
+        lowered = step.lower(state, batch)
+        compiled = lowered.compile()
+    kernels = sorted(set(re.findall(r"lima_flash_attention_\w+", lowered.as_text())))
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     kind = devices[0].device_kind
@@ -136,6 +140,8 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
         "parameters": fns.matmul_param_count(),
         "global_batch": f"{b} x {t}, {config.train.grad_accum_steps} micro-batches",
         "remat": config.model.remat,
+        "attention": config.model.attention,
+        "pallas_kernels": kernels,
         "compile_s": round(compile_s, 1),
         "per_device_gib": {
             "arguments": memory.argument_size_in_bytes / 2**30,
@@ -154,7 +160,9 @@ def format_plan(report: dict) -> str:
     return (
         f"plan: {report['model']} on {report['topology']} ({report['devices']} x "
         f"{report['device_kind']}), mesh {report['mesh']}, batch {report['global_batch']}, "
-        f"remat {report['remat']}\n"
+        f"remat {report['remat']}, attention {report['attention']}"
+        + (f" (Pallas: {', '.join(report['pallas_kernels'])})" if report["pallas_kernels"] else "")
+        + "\n"
         f"plan: compiled in {report['compile_s']}s; per device: arguments "
         f"{memory['arguments']:.2f} GiB, temp {memory['temp']:.2f} GiB, peak {memory['peak']:.2f} GiB"
         f" of {report['hbm_gib']} GiB HBM: {verdict}"

@@ -1,7 +1,6 @@
 """Benchmarks: ``python -m lima_jax.bench <what> [--json]``; each appends a row to bench/RESULTS.md.
 
-Subcommands live in their own modules and register here (``data`` today; ``train``,
-``attention`` and ``decode`` to come). Each measurement is one JSON object with its figure and
+Subcommands live in their own modules and register here. Each measurement is one JSON object with its figure and
 the ratio to a named baseline measured in the same run. This module also holds what every
 benchmark records beside its figure: the hardware, the package versions and the results table.
 """
@@ -27,6 +26,8 @@ BENCHMARKS = {
     "data": "lima_jax.data.bench",
     "train": "lima_jax.train_bench",
     "decode": "lima_jax.decode_bench",
+    "attention": "lima_jax.kernels.bench",
+    "dedup": "lima_jax.curate.bench",
 }
 
 _HEADER = """# Benchmark results

@@ -7,6 +7,7 @@ value before anything compiles, naming the key (`config.optimizer.learning_rate`
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from lima_jax.data.config import get_default_data_config, validate_data_config
@@ -44,7 +45,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute
     c.model.residual_dropout = 0.3  # LIMA: 0.3 at the top layer of 65B, 0.2 for smaller models
     c.model.remat = "none"  # none | full | dots | dots_no_batch
-    c.model.attention = "xla"
+    c.model.attention = "auto"  # auto | xla | pallas | cudnn: lima_jax/model/attention.py
     c.model.scan_unroll = 1  # layers per scan iteration; 0 = unroll all (small models on CPU)
     for field in MODEL_SHAPE_FIELDS:
         setattr(c.model, field, 0)
@@ -111,6 +112,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _check(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
     _check(m.attention in ATTENTION_IMPLEMENTATIONS, "model.attention",
            f"{m.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+    _check(not (m.attention == "cudnn" and c.data.pack), "model.attention",
+           "'cudnn' cannot keep packed examples apart: use 'pallas' or 'xla', or data.pack=False")
     _check(0.0 <= m.residual_dropout < 1.0, "model.residual_dropout", "must be in [0, 1)")
     _check(isinstance(m.scan_unroll, int) and m.scan_unroll >= 0, "model.scan_unroll",
            "must be an integer >= 0 (0 = unroll every layer)")
@@ -162,8 +165,12 @@ def rows_per_device_check(c: ml_collections.ConfigDict, batch_devices: int) -> N
 def model_config_overrides(c: ml_collections.ConfigDict) -> dict:
     """LlamaConfig fields the run config sets on top of the preset or checkpoint."""
     m = c.model
+    attention = m.attention
+    if attention == "auto" and not c.data.pack and not c.get("topology") and \
+            jax.default_backend() == "gpu":
+        attention = "cudnn"  # rows of one example: cuDNN's fused kernel (model/attention.py)
     overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, residual_dropout=m.residual_dropout,
-                     remat=m.remat, attention=m.attention, scan_unroll=m.scan_unroll)
+                     remat=m.remat, attention=attention, scan_unroll=m.scan_unroll)
     for field in MODEL_SHAPE_FIELDS:
         if m[field]:
             overrides[field] = m[field]

@@ -8,6 +8,7 @@ and tensor parallelism over heads, MLP and vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from flax.core import spmd
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -177,3 +179,19 @@ def create_sharded(module_factory, mesh: Mesh, rules=DEFAULT_RULES):
 
     state = jax.jit(init, out_shardings=shardings)()
     return nnx.merge(graphdef, state)
+
+
+@contextlib.contextmanager
+def activation_context(mesh: Mesh, rules=DEFAULT_RULES):
+    """Makes `mesh` and `rules` the context of code traced inside: the Pallas attention
+    kernels read them to place themselves under `shard_map` (batch over the `batch`
+    rule's axes, heads over the `heads` rule's). Trace (call or lower) jitted steps
+    inside it."""
+    with jax.set_mesh(mesh), spmd.logical_axis_rules(tuple(rules)):
+        yield
+
+
+def context_rules():
+    """The logical rules of the enclosing `activation_context` (default: DEFAULT_RULES)."""
+    rules = spmd.get_logical_axis_rules()
+    return tuple(rules) if rules else DEFAULT_RULES

@@ -174,10 +174,18 @@ def train(config: ml_collections.ConfigDict) -> dict:
     # ---------------------------------------------------------------- compile
     step_fn = jax.jit(fns.train_step, in_shardings=(state_shardings, rows),
                       out_shardings=(state_shardings, None), donate_argnums=0)
-    eval_fn = jax.jit(fns.eval_step, in_shardings=(state_shardings["params"], rows))
+    jitted_eval = jax.jit(fns.eval_step, in_shardings=(state_shardings["params"], rows))
+
+    def eval_fn(params, batch):
+        with sharding_lib.activation_context(mesh, rules):  # see the step's compile below
+            return jitted_eval(params, batch)
+
     example = _global_batch(pipeline.batch(min(start_step, total_steps - 1)), rows)
     compile_start = time.perf_counter()
-    compiled = step_fn.lower(state, example).compile()
+    # Traced with the mesh and rules in context: Pallas attention places itself under
+    # shard_map from them (lima_jax/kernels/sharded.py).
+    with sharding_lib.activation_context(mesh, rules):
+        compiled = step_fn.lower(state, example).compile()
     compile_s = time.perf_counter() - compile_start
     memory = compiled.memory_analysis()
     if is_main:

@@ -12,6 +12,7 @@ from flax import nnx
 from lima_jax.model import ConfigError, Llama, LlamaConfig, get_preset
 from lima_jax.model.layers import rope_inverse_frequencies
 from lima_jax.model.config import RopeScaling
+from lima_jax.model.attention import make_attend
 from lima_jax.model.llama import DecoderBlock
 from model_helpers import forward
 
@@ -83,9 +84,9 @@ def test_dropout_hits_the_sublayer_output_before_the_residual_add():
     inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, None)
     angles = positions[..., None] * inv_freq
     cos, sin = jnp.cos(angles), jnp.sin(angles)
-    mask = positions[:, None, :] <= positions[:, :, None]
-    clean = np.asarray(block(x, cos, sin, mask) - x)
-    dropped = np.asarray(block(x, cos, sin, mask, jnp.float32(0.25), jax.random.key(2)) - x)
+    attend = make_attend("xla", None, positions, config.head_dim)
+    clean = np.asarray(block(x, cos, sin, attend) - x)
+    dropped = np.asarray(block(x, cos, sin, attend, jnp.float32(0.25), jax.random.key(2)) - x)
     kept = dropped != 0
     assert abs(kept.mean() - 0.75) < 0.02
     np.testing.assert_allclose(dropped[kept], clean[kept] / 0.75, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-ATTENTION_IMPLEMENTATIONS = ("xla",)
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "pallas", "cudnn")  # see model/attention.py
 # What the backward pass keeps of each layer's activations: "none" keeps all,
 # "full" recomputes the whole layer, "dots" keeps matmul outputs,
 # "dots_no_batch" keeps only matmul outputs without batch dimensions (weights-like).
@@ -80,7 +80,7 @@ class LlamaConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype
     logits_dtype: str = "float32"
-    attention: str = "xla"
+    attention: str = "auto"  # auto | xla | pallas | cudnn (model/attention.py)
     remat: str = "none"
     # Layers per iteration of the layer scan: 1 keeps compile time flat in depth (an
     # 80-layer model compiles in about a second); 0 unrolls every layer (faster on CPU).
@@ -123,6 +123,9 @@ class LlamaConfig:
             raise ConfigError(
                 f"model.attention={self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
             )
+        if self.attention == "pallas" and self.head_dim not in (64, 128):
+            raise ConfigError(f"model.attention='pallas' supports head dims 64 and 128, not "
+                              f"{self.head_dim}; use 'xla' (or 'auto')")
         if not isinstance(self.scan_unroll, int) or self.scan_unroll < 0:
             raise ConfigError(f"model.scan_unroll must be an integer >= 0, got {self.scan_unroll!r}")
         if self.remat not in REMAT_POLICIES:

@@ -153,9 +153,10 @@ class Attention(nnx.Module):
         return project(out_btnh.reshape(b, t, n * h),
                        self.wo[...].astype(out_btnh.dtype).reshape(n * h, -1))
 
-    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts):
+    def __call__(self, x_btd, cos_bth, sin_bth, attend):
+        """`attend(q, k, v) -> out [B, T, N, H]` is the implementation (model/attention.py)."""
         q, k_bskh, v_bskh = self.qkv(x_btd, cos_bth, sin_bth)
-        return self.output(xla_attention(q, k_bskh, v_bskh, mask_bts))
+        return self.output(attend(q, k_bskh, v_bskh))
 
 
 class MLP(nnx.Module):

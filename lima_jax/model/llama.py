@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lima_jax.model.attention import make_attend
 from lima_jax.model.config import LlamaConfig
 from lima_jax.model.layers import (
     MLP,
     Attention,
     RMSNorm,
-    attention_mask,
     logical_param,
     project,
     rope_cos_sin,
@@ -51,10 +51,11 @@ class DecoderBlock(nnx.Module):
         self.mlp_norm = RMSNorm(config.dim, **norm_kwargs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, dropout_rate=None, dropout_key=None):
-        """One layer. With `dropout_key`, each sub-layer's output is dropped at
-        `dropout_rate` before it joins the residual stream (LIMA's residual dropout)."""
-        attn_out = self.attention(self.attention_norm(x_btd), cos_bth, sin_bth, mask_bts)
+    def __call__(self, x_btd, cos_bth, sin_bth, attend, dropout_rate=None, dropout_key=None):
+        """One layer; `attend(q, k, v)` is the attention implementation. With
+        `dropout_key`, each sub-layer's output is dropped at `dropout_rate` before it
+        joins the residual stream (LIMA's residual dropout)."""
+        attn_out = self.attention(self.attention_norm(x_btd), cos_bth, sin_bth, attend)
         if dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
             attn_out = residual_dropout(attn_out, dropout_rate, attn_key)
@@ -128,8 +129,6 @@ class Llama(nnx.Module):
         b, t = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        if segment_ids is None:
-            segment_ids = jnp.ones((b, t), jnp.int32)
         train = not deterministic and config.residual_dropout > 0.0
         if train and dropout_rng is None:
             raise ValueError("Llama: deterministic=False with residual dropout needs dropout_rng")
@@ -137,7 +136,7 @@ class Llama(nnx.Module):
         x_btd = self.embed(tokens)
         inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
         cos_bth, sin_bth = rope_cos_sin(positions, inv_freq)
-        mask_bts = attention_mask(segment_ids, segment_ids, positions, positions)
+        attend = make_attend(config.attention, segment_ids, positions, config.head_dim)
 
         graphdef, stacked_state = nnx.split(self.layers)
         rates_l = jnp.asarray(config.residual_dropout_rates(), jnp.float32)
@@ -146,7 +145,7 @@ class Llama(nnx.Module):
         def layer(x, per_layer):
             layer_state, rate, key = per_layer
             block = nnx.merge(graphdef, layer_state)
-            return block(x, cos_bth, sin_bth, mask_bts, rate, key), None
+            return block(x, cos_bth, sin_bth, attend, rate, key), None
 
         if config.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICY[config.remat], prevent_cse=False)

@@ -8,15 +8,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from kernel_cases import (
+    TOLERANCE,
+    case_id,
+    grid_cases,
+    inputs,
+    random_packing,
+    relative_error,
+    value_and_grads,
+)
 
-from kernel_cases import (TOLERANCE, case_id, grid_cases, inputs, random_packing,
-                          relative_error, value_and_grads)
 from lima_jax.kernels import BlockSizes, attention_reference, flash_attention
-from lima_jax.kernels.blocks import plan_by_key, plan_by_query, segment_ranges, visible_tiles
+from lima_jax.kernels.blocks import (
+    plan_by_key,
+    plan_by_query,
+    segment_ranges,
+    visible_tiles,
+)
 
 
 def _reference(q, k, v, seg, causal):
-    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731 - the truth for bf16 inputs too
+    f32 = lambda x: x.astype(jnp.float32)
     return lambda q_, k_, v_: attention_reference(f32(q_), f32(k_), f32(v_), segment_ids=seg,
                                                   causal=causal)
 
@@ -24,7 +36,7 @@ def _reference(q, k, v, seg, causal):
 @pytest.mark.parametrize("case", grid_cases(), ids=case_id)
 def test_kernel_matches_reference_in_value_and_gradient(case):
     q, k, v, seg, w = inputs(case)
-    kernel = lambda q_, k_, v_: flash_attention(  # noqa: E731
+    kernel = lambda q_, k_, v_: flash_attention(
         q_, k_, v_, segment_ids=seg, causal=case["causal"], backend=case["backend"], interpret=True)
     out, grads = value_and_grads(kernel, q, k, v, w)
     ref_out, ref_grads = value_and_grads(_reference(q, k, v, seg, case["causal"]), q, k, v, w)
@@ -43,7 +55,7 @@ def test_lengths_off_the_block_grid_are_padded_and_masked(backend):
     case = dict(t=200, heads=(4, 2), h=64, causal=True, packed=True, dtype="float32")
     q, k, v, seg, w = inputs(case, seed=3, batch=2)
     blocks = BlockSizes(128, 128, 128, 128, 128, 128)
-    kernel = lambda q_, k_, v_: flash_attention(  # noqa: E731
+    kernel = lambda q_, k_, v_: flash_attention(
         q_, k_, v_, segment_ids=seg, backend=backend, interpret=True, block_sizes=blocks)
     out, grads = value_and_grads(kernel, q, k, v, w)
     ref_out, ref_grads = value_and_grads(_reference(q, k, v, seg, True), q, k, v, w)
@@ -151,7 +163,7 @@ def test_causal_and_packed_plans_skip_tiles():
     t, block = 2048, 128
     one = jnp.ones((1, t), jnp.int32)
     packed = jnp.asarray(np.repeat(np.arange(1, 5), t // 4)[None].astype(np.int32))
-    count = lambda seg, causal: int(visible_tiles(  # noqa: E731
+    count = lambda seg, causal: int(visible_tiles(
         segment_ranges(seg, block), segment_ranges(seg, block), block, block, causal).sum())
     tiles = (t // block) ** 2
     assert count(one, False) == tiles

@@ -12,8 +12,8 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-
 from kernel_cases import random_packing
+
 from lima_jax import sharding as sharding_lib
 from lima_jax.model import ConfigError, Llama, get_preset
 from lima_jax.model.attention import resolve
@@ -57,7 +57,7 @@ def test_pallas_logits_and_gradients_equal_xla():
     for name, model in models.items():
         graphdef, params = nnx.split(model, nnx.Param)
         value_and_grad = jax.value_and_grad(
-            lambda p: loss(nnx.merge(graphdef, p)), has_aux=True)
+            lambda p, g=graphdef: loss(nnx.merge(g, p)), has_aux=True)
         (value, logits), grads = jax.jit(value_and_grad)(params)
         results[name] = (value, np.asarray(logits)[real], jax.tree.leaves(grads))
     (v_x, l_x, g_x), (v_p, l_p, g_p) = results["xla"], results["pallas"]

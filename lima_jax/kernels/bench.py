@@ -24,7 +24,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,10 +62,10 @@ def packed_segment_ids(b: int, t: int) -> jax.Array:
 def _implementations(platform: str, smoke: bool, blocks: BlockSizes | None):
     """name -> attend(q, k, v, segment_ids or None, mask or None)."""
     if smoke:
-        pallas = lambda q, k, v, s, m: flash_attention(  # noqa: E731
+        pallas = lambda q, k, v, s, m: flash_attention(
             q, k, v, segment_ids=s, backend="tpu", interpret=True, block_sizes=blocks)
     else:
-        pallas = lambda q, k, v, s, m: flash_attention(q, k, v, segment_ids=s,  # noqa: E731
+        pallas = lambda q, k, v, s, m: flash_attention(q, k, v, segment_ids=s,
                                                        block_sizes=blocks)
     impls = {"pallas": pallas}
     names = ("cudnn", "xla") if platform == "gpu" else ("xla",)
@@ -102,7 +103,7 @@ def measure(t: int, n: int, k: int, h: int, *, packed: bool, impls: dict, repeat
     mask = (seg[:, None, :, None] == seg[:, None, None, :]) if packed else None
     out = []
     for name, attend in impls.items():
-        forward = lambda q_, k_, v_, a=attend: a(q_, k_, v_, seg, mask)  # noqa: E731
+        forward = lambda q_, k_, v_, a=attend: a(q_, k_, v_, seg, mask)
         both = jax.grad(lambda q_, k_, v_, f=forward: jnp.sum(f(q_, k_, v_).astype(jnp.float32)),
                         argnums=(0, 1, 2))
         for label, fn, backward in (("fwd", forward, False), ("fwd+bwd", both, True)):

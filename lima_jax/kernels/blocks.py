@@ -49,7 +49,7 @@ class BlockSizes:
     def largest(self) -> int:
         return max(getattr(self, f.name) for f in dataclasses.fields(self))
 
-    def clipped(self, length: int, floor: int = 16) -> "BlockSizes":
+    def clipped(self, length: int, floor: int = 16) -> BlockSizes:
         """The same sizes, none larger than `length` rounded up to a power of two (and
         not below `floor`), so a short sequence is not padded to a long block."""
         cap = max(floor, 1 << (max(length, 1) - 1).bit_length())
@@ -134,3 +134,15 @@ def tile_is_visible(q_lo, q_hi, kv_lo, kv_hi, q_block, kv_block, block_q: int, b
     if causal:
         visible = visible & (kv_block * block_kv <= q_block * block_q + block_q - 1)
     return visible
+
+
+def pair_mask(q_index, kv_index, q_seg, kv_seg, causal: bool, segments: bool):
+    """In-kernel: which (query, key) pairs of a tile are visible, or None when all are.
+    The arguments broadcast to the tile's shape (either orientation)."""
+    mask = None
+    if causal:
+        mask = kv_index <= q_index
+    if segments:
+        same = q_seg == kv_seg
+        mask = same if mask is None else mask & same
+    return mask

@@ -110,7 +110,7 @@ def flash_attention(
         raise ValueError(f"flash_attention: block_sizes must be a BlockSizes, got {block_sizes!r}")
     module = _backend_module(backend)
 
-    b, t, n, h = q.shape
+    b, t, _, h = q.shape
     blocks = block_sizes.clipped(t, floor=tpu.LANES if backend == "tpu" else 16)
     if backend == "tpu":
         tpu.check_block_sizes(blocks)

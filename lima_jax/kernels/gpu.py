@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from lima_jax.kernels.blocks import BlockPlan, plan_by_key, plan_by_query
+from lima_jax.kernels.blocks import BlockPlan, pair_mask, plan_by_key, plan_by_query
 
 LAYOUT = "BTNH"
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -39,16 +39,6 @@ def _plan_specs(plan: BlockPlan, batch_of) -> list[pl.BlockSpec]:
     """Each plan array [B, blocks] as one row per program (indexed by batch)."""
     return [pl.BlockSpec((None, x.shape[1]), lambda *g, _n=x.shape[1]: (batch_of(*g), 0))
             for x in _plan_arrays(plan)]
-
-
-def _mask(q_index, kv_index, q_seg, kv_seg, causal: bool, segments: bool):
-    mask = None
-    if causal:
-        mask = kv_index <= q_index
-    if segments:
-        same = q_seg == kv_seg
-        mask = same if mask is None else mask & same
-    return mask
 
 
 def _dot_nt(x, y):
@@ -74,7 +64,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, seg_ref,  # [bq, H] [T, H] [T, H] [T]
         acc, m, l = carry
         keys = pl.ds(j * block_kv, block_kv)
         s = _dot_nt(q, k_ref[keys, :]) * scale  # [bq, bk]
-        mask = _mask(q_index[:, None], (j * block_kv + jnp.arange(block_kv))[None, :],
+        mask = pair_mask(q_index[:, None], (j * block_kv + jnp.arange(block_kv))[None, :],
                      q_seg[:, None], seg_ref[keys][None, :], causal, segments)
         if mask is not None:
             s = jnp.where(mask, s, MASK_VALUE)
@@ -141,7 +131,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_ref,
         keys = pl.ds(j * block_kv, block_kv)
         k, v = k_ref[keys, :], v_ref[keys, :]
         p = jnp.exp(_dot_nt(q, k) * scale - lse[:, None])  # [bq, bk]
-        mask = _mask(q_index[:, None], (j * block_kv + jnp.arange(block_kv))[None, :],
+        mask = pair_mask(q_index[:, None], (j * block_kv + jnp.arange(block_kv))[None, :],
                      q_seg[:, None], seg_ref[keys][None, :], causal, segments)
         if mask is not None:
             p = jnp.where(mask, p, 0.0)
@@ -195,7 +185,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_ref,
         rows = pl.ds(i * block_q, block_q)
         q, do = q_ref[rows, g, :], do_ref[rows, g, :]
         p_t = jnp.exp(_dot_nt(k, q) * scale - lse_ref[g, rows][None, :])  # [bk, bq]
-        mask = _mask((i * block_q + jnp.arange(block_q))[None, :], kv_index[:, None],
+        mask = pair_mask((i * block_q + jnp.arange(block_q))[None, :], kv_index[:, None],
                      seg_ref[rows][None, :], kv_seg[:, None], causal, segments)
         if mask is not None:
             p_t = jnp.where(mask, p_t, 0.0)

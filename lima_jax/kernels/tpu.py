@@ -23,7 +23,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from lima_jax.kernels.blocks import BlockPlan, plan_by_key, plan_by_query, tile_is_visible
+from lima_jax.kernels.blocks import (
+    BlockPlan,
+    pair_mask,
+    plan_by_key,
+    plan_by_query,
+    tile_is_visible,
+)
 
 LAYOUT = "BNTH"
 LANES = 128
@@ -41,17 +47,6 @@ def check_block_sizes(blocks) -> None:
 def _prefetch(plan: BlockPlan) -> tuple[jax.Array, ...]:
     return (plan.q_ranges.lo, plan.q_ranges.hi, plan.kv_ranges.lo, plan.kv_ranges.hi,
             plan.first, plan.last)
-
-
-def _mask(q_index, kv_index, q_seg, kv_seg, causal: bool, segments: bool):
-    """Visible pairs of one tile; the arguments broadcast to the tile's shape."""
-    mask = None
-    if causal:
-        mask = kv_index <= q_index
-    if segments:
-        same = q_seg == kv_seg
-        mask = same if mask is None else mask & same
-    return mask
 
 
 def _compiler_params(semantics):
@@ -82,7 +77,7 @@ def _forward_kernel(q_lo, q_hi, kv_lo, kv_hi, first, last,  # SMEM [B, blocks]
     def _tile():
         s = jax.lax.dot_general(q_ref[...], k_ref[...], _NT,
                                 preferred_element_type=jnp.float32) * scale  # [bq, bk]
-        mask = _mask(i * block_q + jax.lax.broadcasted_iota(jnp.int32, s.shape, 0),
+        mask = pair_mask(i * block_q + jax.lax.broadcasted_iota(jnp.int32, s.shape, 0),
                      j * block_kv + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1),
                      q_seg_ref[...], kv_seg_ref[...], causal, segments)
         if mask is not None:
@@ -174,7 +169,7 @@ def _dq_kernel(q_lo, q_hi, kv_lo, kv_hi, first, last,
         k, v = k_ref[...], v_ref[...]
         s = jax.lax.dot_general(q_ref[...], k, _NT, preferred_element_type=jnp.float32) * scale
         p = jnp.exp(s - lse_ref[...])  # [bq, bk]
-        mask = _mask(i * block_q + jax.lax.broadcasted_iota(jnp.int32, s.shape, 0),
+        mask = pair_mask(i * block_q + jax.lax.broadcasted_iota(jnp.int32, s.shape, 0),
                      j * block_kv + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1),
                      q_seg_ref[...], kv_seg_ref[...], causal, segments)
         if mask is not None:
@@ -255,7 +250,7 @@ def _dkv_kernel(q_lo, q_hi, kv_lo, kv_hi, first, last,
         q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
         s_t = jax.lax.dot_general(k, q, _NT, preferred_element_type=jnp.float32) * scale  # [bk, bq]
         p_t = jnp.exp(s_t - lse_ref[...])
-        mask = _mask(i * block_q + jax.lax.broadcasted_iota(jnp.int32, s_t.shape, 1),
+        mask = pair_mask(i * block_q + jax.lax.broadcasted_iota(jnp.int32, s_t.shape, 1),
                      j * block_kv + jax.lax.broadcasted_iota(jnp.int32, s_t.shape, 0),
                      q_seg_ref[...], kv_seg_ref[...], causal, segments)
         if mask is not None:

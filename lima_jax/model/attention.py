@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +68,9 @@ def make_attend(implementation: str, segment_ids: jax.Array | None, positions: j
     pass; `segment_ids` None means one example per row (no padding)."""
     implementation = resolve(implementation, packed=segment_ids is not None, head_dim=head_dim)
     if implementation == "pallas":
-        from lima_jax.kernels.sharded import sharded_flash_attention  # Pallas loads lazily
+        from lima_jax.kernels.sharded import (
+            sharded_flash_attention,  # Pallas loads lazily
+        )
 
         return lambda q, k, v: sharded_flash_attention(q, k, v, segment_ids)
     if implementation == "cudnn":

@@ -37,7 +37,7 @@ def _plan_arrays(plan: BlockPlan) -> tuple[jax.Array, ...]:
 
 def _plan_specs(plan: BlockPlan, batch_of) -> list[pl.BlockSpec]:
     """Each plan array [B, blocks] as one row per program (indexed by batch)."""
-    return [pl.BlockSpec((None, x.shape[1]), lambda *g, _n=x.shape[1]: (batch_of(*g), 0))
+    return [pl.BlockSpec((None, x.shape[1]), lambda *g: (batch_of(*g), 0))
             for x in _plan_arrays(plan)]
 
 

@@ -17,6 +17,7 @@ dK/dV grid walks the G query heads of each K/V head as an inner reduction axis.
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,29 @@ def _prefetch(plan: BlockPlan) -> tuple[jax.Array, ...]:
 
 def _compiler_params(semantics):
     return pltpu.CompilerParams(dimension_semantics=semantics)
+
+
+def _query_major_specs(groups: int, bq: int, bk: int, h: int) -> SimpleNamespace:
+    """BlockSpecs of the passes whose grid is (B, N, query block, key block): forward and
+    dQ. Key-side blocks are clamped to the plan's [first, last] (prefetch refs 4 and 5),
+    so a skipped tile repeats the previous block index and its DMA is elided."""
+
+    def kv_block(b_, i, j, p):
+        return jnp.clip(j, p[4][b_, i], p[5][b_, i])
+
+    def q_map(b_, n_, i, j, *p):
+        return (b_, n_, i, 0)
+
+    def kv_map(b_, n_, i, j, *p):
+        return (b_, n_ // groups, kv_block(b_, i, j, p), 0)
+
+    return SimpleNamespace(
+        q=pl.BlockSpec((None, None, bq, h), q_map),  # q, out, do, dq: [bq, H]
+        kv=pl.BlockSpec((None, None, bk, h), kv_map),  # k, v: [bk, H]
+        q_stat=pl.BlockSpec((None, None, bq, 1), q_map),  # lse, delta: [bq, 1]
+        q_seg=pl.BlockSpec((None, bq, 1), lambda b_, n_, i, j, *p: (b_, i, 0)),
+        kv_seg=pl.BlockSpec((None, 1, bk), lambda b_, n_, i, j, *p: (b_, 0, kv_block(b_, i, j, p))),
+    )
 
 
 # ------------------------------------------------------------------------------ forward
@@ -107,30 +131,12 @@ def forward(q, k, v, segment_ids, *, causal, segments, scale, blocks, interpret)
     groups = n // k.shape[1]
     bq, bk = blocks.block_q, blocks.block_kv
     plan = plan_by_query(segment_ids, bq, bk, causal)
-
-    def kv_block(b_, i, j, first, last):
-        return jnp.clip(j, first[b_, i], last[b_, i])
-
-    def q_map(b_, n_, i, j, *p):
-        return (b_, n_, i, 0)
-
-    def kv_map(b_, n_, i, j, *p):
-        return (b_, n_ // groups, kv_block(b_, i, j, p[4], p[5]), 0)
-
+    specs = _query_major_specs(groups, bq, bk, h)
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=6,
         grid=(b, n, t // bq, t // bk),
-        in_specs=[
-            pl.BlockSpec((None, None, bq, h), q_map),
-            pl.BlockSpec((None, None, bk, h), kv_map),
-            pl.BlockSpec((None, None, bk, h), kv_map),
-            pl.BlockSpec((None, bq, 1), lambda b_, n_, i, j, *p: (b_, i, 0)),
-            pl.BlockSpec((None, 1, bk), lambda b_, n_, i, j, *p: (b_, 0, kv_block(b_, i, j, p[4], p[5]))),
-        ],
-        out_specs=[
-            pl.BlockSpec((None, None, bq, h), q_map),
-            pl.BlockSpec((None, None, bq, 1), q_map),
-        ],
+        in_specs=[specs.q, specs.kv, specs.kv, specs.q_seg, specs.kv_seg],
+        out_specs=[specs.q, specs.q_stat],
         scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
                         pltpu.VMEM((bq, h), jnp.float32)],
     )
@@ -188,30 +194,13 @@ def backward_dq(q, k, v, segment_ids, do, lse, delta, *, causal, segments, scale
     groups = n // k.shape[1]
     bq, bk = blocks.block_q_dq, blocks.block_kv_dq
     plan = plan_by_query(segment_ids, bq, bk, causal)
-
-    def kv_block(b_, i, j, first, last):
-        return jnp.clip(j, first[b_, i], last[b_, i])
-
-    def q_map(b_, n_, i, j, *p):
-        return (b_, n_, i, 0)
-
-    def kv_map(b_, n_, i, j, *p):
-        return (b_, n_ // groups, kv_block(b_, i, j, p[4], p[5]), 0)
-
+    specs = _query_major_specs(groups, bq, bk, h)
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=6,
         grid=(b, n, t // bq, t // bk),
-        in_specs=[
-            pl.BlockSpec((None, None, bq, h), q_map),
-            pl.BlockSpec((None, None, bk, h), kv_map),
-            pl.BlockSpec((None, None, bk, h), kv_map),
-            pl.BlockSpec((None, None, bq, h), q_map),
-            pl.BlockSpec((None, None, bq, 1), q_map),
-            pl.BlockSpec((None, None, bq, 1), q_map),
-            pl.BlockSpec((None, bq, 1), lambda b_, n_, i, j, *p: (b_, i, 0)),
-            pl.BlockSpec((None, 1, bk), lambda b_, n_, i, j, *p: (b_, 0, kv_block(b_, i, j, p[4], p[5]))),
-        ],
-        out_specs=pl.BlockSpec((None, None, bq, h), q_map),
+        in_specs=[specs.q, specs.kv, specs.kv, specs.q, specs.q_stat, specs.q_stat,
+                  specs.q_seg, specs.kv_seg],
+        out_specs=specs.q,
         scratch_shapes=[pltpu.VMEM((bq, h), jnp.float32)],
     )
     kernel = functools.partial(_dq_kernel, causal=causal, segments=segments, scale=scale,

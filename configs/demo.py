@@ -12,7 +12,7 @@ loss_curve.png). From scratch the learning rate
 is higher than LIMA's fine-tuning 1e-5; everything else is the recipe.
 """
 
-from lima_jax.run_config import get_base_config
+from lima_jax.train.config import get_base_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ The recipe's numbers (DESIGN.md section 2) are get_base_config()'s defaults: Ada
 (`python -m lima_jax.convert hf-to-lima --hf DIR --out CKPT`); the EOT token is added.
 """
 
-from lima_jax.run_config import get_base_config
+from lima_jax.train.config import get_base_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ rising to 0.2 and a batch of 64 examples (DESIGN.md section 2), accumulated over
 micro-batches of 16 rows so it fits one 80-140 GB GPU with float32 master weights.
 """
 
-from lima_jax.run_config import get_base_config
+from lima_jax.train.config import get_base_config
 
 
 def get_config():

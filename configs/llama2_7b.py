@@ -7,7 +7,7 @@ Llama 2 shares LLaMA's tokenizer (32,000 pieces), so the LIMA data and EOT token
 are the same; batch 64 (the small-model value) over 4 micro-batches.
 """
 
-from lima_jax.run_config import get_base_config
+from lima_jax.train.config import get_base_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ size, or the run stops naming model.init_from. The pod plan check needs no token
         --config.topology=v5e-16
 """
 
-from lima_jax.run_config import get_base_config
+from lima_jax.train.config import get_base_config
 
 
 def get_config():

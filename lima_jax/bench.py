@@ -24,8 +24,8 @@ RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
 # name -> module with `add_arguments(parser)` and `run(args) -> list[dict]`.
 BENCHMARKS = {
     "data": "lima_jax.data.bench",
-    "train": "lima_jax.train_bench",
-    "decode": "lima_jax.decode_bench",
+    "train": "lima_jax.train.bench",
+    "decode": "lima_jax.decode.bench",
     "attention": "lima_jax.kernels.bench",
     "dedup": "lima_jax.curate.bench",
 }

@@ -29,8 +29,8 @@ from lima_jax.checkpoint import (
     load_model,
     save_model,
 )
-from lima_jax.decode.load import LoadError, load_for_decoding
-from lima_jax.model.config import ConfigError
+from lima_jax.cli import run_command
+from lima_jax.decode.load import load_for_decoding
 from lima_jax.model.hf import (
     NUMPY_DTYPES,
     SAFETENSORS_FILE,
@@ -278,17 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     from_c.add_argument("--out", required=True, help="Hugging Face directory to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "hf-to-lima":
-            hf_to_lima(args.hf, args.out, dtype=args.dtype, add_eot=args.add_eot)
-        elif args.command == "llama2c-to-hf":
-            llama2c_to_hf(args.bin, args.out, tokenizer_model=args.tokenizer)
-        else:
-            lima_to_hf(args.ckpt, args.out, dtype=args.dtype, max_shard_gb=args.max_shard_gb)
-    except (ConfigError, CheckpointError, LoadError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    if args.command == "hf-to-lima":
+        return run_command(hf_to_lima, args.hf, args.out, dtype=args.dtype, add_eot=args.add_eot)
+    if args.command == "llama2c-to-hf":
+        return run_command(llama2c_to_hf, args.bin, args.out, tokenizer_model=args.tokenizer)
+    return run_command(lima_to_hf, args.ckpt, args.out, dtype=args.dtype, max_shard_gb=args.max_shard_gb)
 
 
 if __name__ == "__main__":

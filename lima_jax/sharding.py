@@ -20,6 +20,8 @@ from flax.core import spmd
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lima_jax.errors import LimaError
+
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -39,7 +41,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-class ShardingError(ValueError):
+class ShardingError(LimaError, ValueError):
     """A mesh or rule set that cannot be used; the message names the axis or rule."""
 
 

@@ -116,8 +116,8 @@ def test_rules_replicate_indivisible_dims_and_refuse_conflicts(mesh):
 
 
 def test_sharded_hf_import_places_slices(mesh, tmp_path):
-    from hf_reference import make_hf_llama
     from lima_jax.model import from_hf, load_hf_config
+    from tests.helpers.hf_reference import make_hf_llama
 
     make_hf_llama(tmp_path, vocab_size=250, num_attention_heads=4, num_key_value_heads=2)
     config = load_hf_config(tmp_path)

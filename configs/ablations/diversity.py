@@ -15,7 +15,7 @@ Rerun the same command to resume.
 
 import pathlib
 
-from lima_jax.ablate_config import cell, get_base_ablation_config, load_config_file
+from lima_jax.ablate.config import cell, get_base_ablation_config, load_config_file
 
 LIMA = "../shared/data/lima/train.jsonl"
 DOLLY = "../shared/data/instruct/dolly_3k.json"

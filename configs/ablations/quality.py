@@ -15,7 +15,7 @@ are the filtered / unfiltered pairs available here. Rerun the same command to re
 
 import pathlib
 
-from lima_jax.ablate_config import cell, get_base_ablation_config, load_config_file
+from lima_jax.ablate.config import cell, get_base_ablation_config, load_config_file
 
 INSTRUCT = "../shared/data/instruct"
 SIZE = 2000

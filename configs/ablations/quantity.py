@@ -16,7 +16,7 @@ resume after an interruption. One H200 trains the 8,000-example cell (1,875 step
 
 import pathlib
 
-from lima_jax.ablate_config import cell, get_base_ablation_config, load_config_file
+from lima_jax.ablate.config import cell, get_base_ablation_config, load_config_file
 
 POOL = "../shared/data/instruct/random_9k.json"
 

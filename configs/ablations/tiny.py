@@ -14,7 +14,7 @@ answers, one bar each. The numbers show that the plumbing works; a model this sm
 for a few steps, is no evidence about LIMA.
 """
 
-from lima_jax.ablate_config import GENERATED, cell, get_base_ablation_config
+from lima_jax.ablate.config import GENERATED, cell, get_base_ablation_config
 
 
 def get_config(kind: str = "quantity"):

@@ -23,6 +23,7 @@ import json
 import pathlib
 import sys
 
+from lima_jax.cli import run_command
 from lima_jax.curate import records as records_lib
 from lima_jax.curate.config import apply_overrides, load_config, validate_curate_config
 from lima_jax.data.errors import DataError
@@ -216,15 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
-    try:
+
+    def command():
         unknown = [a for a in rest if not a.startswith("--config.")]
         if unknown:
             raise DataError(unknown[0], "unknown argument", "see python -m lima_jax.curate --help", "config")
         args.run(args, rest)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

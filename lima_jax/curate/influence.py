@@ -34,7 +34,7 @@ from lima_jax.data import templates
 from lima_jax.data.readers import ASSISTANT, USER, Turn
 from lima_jax.data.tokenizer import Tokenizer
 from lima_jax.model.config import LlamaConfig
-from lima_jax.train_step import StepFunctions
+from lima_jax.train.step import StepFunctions
 
 
 def record_turns(record: Record) -> list[Turn]:

@@ -57,7 +57,7 @@ def run_influence(args: argparse.Namespace) -> None:
 
     from lima_jax.curate.influence import select_by_influence
     from lima_jax.model.presets import get_preset
-    from lima_jax.train_step import StepFunctions
+    from lima_jax.train.step import StepFunctions
 
     ids = {"vocab_size": tokenizer.vocab_size, "eot_token_id": tokenizer.eot_id,
            "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}

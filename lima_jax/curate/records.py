@@ -33,6 +33,7 @@ from lima_jax.data.readers import (
     iter_records,
     split_paths,
 )
+from lima_jax.errors import InputError
 
 QA_FIELDS = ("prompt", "response", "source", "id", "score", "history")
 FORMATS = ("qa", "lima", "alpaca", "fastchat", "openai")
@@ -163,7 +164,7 @@ def to_json(record: Record, fmt: str = "qa") -> dict[str, Any]:
         turns = [*record.history, record.prompt] + ([record.response] if record.response else [])
         return {"conversations": turns, "source": record.source}
     if fmt != "qa":
-        raise ValueError(f"cannot write format {fmt!r}; choose one of {WRITE_FORMATS}")
+        raise InputError(f"cannot write format {fmt!r}; choose one of {WRITE_FORMATS}")
     out: dict[str, Any] = {"id": record.id, "source": record.source, "prompt": record.prompt,
                            "response": record.response}
     if record.score is not None:

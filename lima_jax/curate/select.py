@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from lima_jax.errors import InputError
+
 # LIMA's Table 1 (the 1,000 training examples) by this repo's source names, which are those of
 # lima/train.jsonl. The paper splits Stack Exchange into STEM 200 and Other 200; the released
 # file names both `stackexchange`, so they form one quota of 400. `multi_turn` (the 30 dialogue
@@ -50,7 +52,7 @@ def response_text(record: dict) -> str:
                            if isinstance(m, dict) and m.get("role") == "assistant")
     if isinstance(record.get("output"), str):  # Alpaca, Dolly
         return record["output"]
-    raise ValueError(f"record has no response (fields: {sorted(record)}); expected 'response', "
+    raise InputError(f"record has no response (fields: {sorted(record)}); expected 'response', "
                      "'conversations', 'messages' or 'output'")
 
 
@@ -66,9 +68,9 @@ def _permutation(n: int, seed: int) -> np.ndarray:
 
 def _check_n(n: int, available: int, what: str) -> None:
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"{what}: the size must be an integer >= 0, got {n!r}")
+        raise InputError(f"{what}: the size must be an integer >= 0, got {n!r}")
     if n > available:
-        raise ValueError(f"{what}: asked for {n} examples but only {available} are available")
+        raise InputError(f"{what}: asked for {n} examples but only {available} are available")
 
 
 def stratified(records: Sequence[dict], quotas: dict[str, int], seed: int = 0) -> list[dict]:
@@ -83,13 +85,13 @@ def stratified(records: Sequence[dict], quotas: dict[str, int], seed: int = 0) -
     short = []
     for source, quota in quotas.items():
         if not isinstance(quota, (int, np.integer)) or isinstance(quota, bool) or quota < 0:
-            raise ValueError(f"quota for source {source!r} must be an integer >= 0, got {quota!r}")
+            raise InputError(f"quota for source {source!r} must be an integer >= 0, got {quota!r}")
         have = len(by_source.get(source, []))
         if have < quota:
             short.append(f"{source!r} has {have} records, its quota is {quota}")
     if short:
         known = ", ".join(f"{s or '(none)'}={len(ix)}" for s, ix in sorted(by_source.items()))
-        raise ValueError(f"stratified: {'; '.join(short)} (sources present: {known})")
+        raise InputError(f"stratified: {'; '.join(short)} (sources present: {known})")
     chosen = []
     for k, (source, quota) in enumerate(quotas.items()):
         indices = by_source.get(source, [])
@@ -121,7 +123,7 @@ def nested_subsets(records: Sequence[dict], sizes: Iterable[int], seed: int = 0)
     inside the 2k subset, which lies inside the 4k one (the quantity ablation's data)."""
     sizes = list(sizes)
     if not sizes:
-        raise ValueError("nested_subsets: no sizes given")
+        raise InputError("nested_subsets: no sizes given")
     for size in sizes:
         _check_n(size, len(records), "nested_subsets")
     order = _permutation(len(records), seed)

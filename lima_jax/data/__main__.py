@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
+from lima_jax.cli import run_command
 from lima_jax.data.config import get_default_data_config
-from lima_jax.data.errors import DataError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -85,12 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_steps)
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(args.run, args)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from lima_jax.errors import LimaError
+
 # How many skipped locations the report lists; the counts cover all of them.
 MAX_LISTED_LOCATIONS = 5
 
 
-class DataError(ValueError):
+class DataError(LimaError, ValueError):
     """A problem with input data or a data setting, located and explained.
 
     Attributes:
@@ -27,20 +29,14 @@ class DataError(ValueError):
 
     def __init__(self, location: str, what: str, hint: str = "", kind: str = "error"):
         self.location = location
-        self.what = what
-        self.hint = hint
         self.kind = kind
-        message = f"{location}: {what}" if location else what
-        if hint:
-            message += f" ({hint})"
-        super().__init__(message)
+        super().__init__(what, where=location, hint=hint)
 
 
-class RecordError(ValueError):
+class RecordError(LimaError, ValueError):
     """A record that cannot be turned into a conversation; the reader adds the location."""
 
     def __init__(self, what: str, kind: str):
-        self.what = what
         self.kind = kind
         super().__init__(what)
 

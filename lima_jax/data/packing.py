@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lima_jax.errors import InputError
+
 ALGORITHMS = ("best_fit", "first_fit")
 
 
@@ -73,12 +75,12 @@ def pack(
     """
     lengths = np.asarray(lengths)
     if len(order) and int(lengths[np.asarray(order)].max()) > max_len:
-        raise ValueError(f"an example is longer than max_len={max_len}; trim before packing")
+        raise InputError(f"an example is longer than max_len={max_len}; trim before packing")
     if algorithm == "first_fit":
         return _first_fit(lengths, order, max_len)
     if algorithm == "best_fit":
         return _best_fit(lengths, order, max_len)
-    raise ValueError(f"unknown packing algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+    raise InputError(f"unknown packing algorithm {algorithm!r}; choose one of {ALGORITHMS}")
 
 
 def efficiency(lengths: np.ndarray, rows: Sequence[Sequence[int]], max_len: int) -> float:

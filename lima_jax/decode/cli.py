@@ -21,6 +21,7 @@ import json
 import pathlib
 import sys
 
+from lima_jax.cli import run_command
 from lima_jax.decode.generate import Generator
 from lima_jax.decode.prompts import (
     DECODE_TEMPLATES,
@@ -102,15 +103,7 @@ def done_rows(out: pathlib.Path) -> set[tuple[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lima_jax.data.errors import DataError
-    from lima_jax.decode.sampling import SamplingError
-    from lima_jax.model.config import ConfigError
-
-    try:
-        return _run(args)
-    except (DataError, SamplingError, ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(_run, args)
 
 
 def _run(args) -> int:

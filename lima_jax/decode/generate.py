@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from lima_jax import sharding as sharding_lib
 from lima_jax.decode.sampling import SamplingConfig, next_tokens, row_keys
+from lima_jax.errors import InputError
 from lima_jax.model.kv_cache import CACHE_AXES, KVCache, decode_step, prefill
 from lima_jax.model.llama import Llama
 
@@ -175,13 +176,13 @@ class Generator:
         if not prompts:
             return []
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         lengths = np.asarray([len(p) for p in prompts], np.int32)
         for i, n in enumerate(lengths):
             if n == 0:
-                raise ValueError(f"prompt {i} is empty; a prompt needs at least one token (BOS)")
+                raise InputError(f"prompt {i} is empty; a prompt needs at least one token (BOS)")
             if n >= config.max_seq_len:
-                raise ValueError(
+                raise InputError(
                     f"prompt {prompt_ids[i] if prompt_ids else i} has {n} tokens, which leaves no "
                     f"room to generate within the model's max_seq_len={config.max_seq_len}")
         b, t = len(prompts), prompt_bucket(int(lengths.max()))

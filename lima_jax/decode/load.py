@@ -25,11 +25,12 @@ from lima_jax.checkpoint import (
     load_model_config,
 )
 from lima_jax.data.tokenizer import Tokenizer
+from lima_jax.errors import LimaError
 from lima_jax.model import LlamaConfig, abstract_model, from_hf, load_hf_config
 from lima_jax.model.llama import Llama
 
 
-class LoadError(ValueError):
+class LoadError(LimaError, ValueError):
     """A checkpoint or tokenizer that cannot be used; the message names the path."""
 
 

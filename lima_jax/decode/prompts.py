@@ -24,13 +24,14 @@ import pathlib
 from lima_jax.data.readers import USER, Turn
 from lima_jax.data.templates import TEMPLATES, encode_prompt
 from lima_jax.data.tokenizer import Tokenizer
+from lima_jax.errors import LimaError
 
 DECODE_TEMPLATES = TEMPLATES + ("urial",)
 ID_FIELDS = ("id", "question_id", "idx")
 URIAL_STOP_STRINGS = ("# Query:",)
 
 
-class PromptError(ValueError):
+class PromptError(LimaError, ValueError):
     """A prompt file that cannot be read; the message names file:line and the field."""
 
 

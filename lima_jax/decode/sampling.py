@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lima_jax.errors import LimaError
 
-class SamplingError(ValueError):
+
+class SamplingError(LimaError, ValueError):
     """A sampling setting out of range; the message names the option."""
 
 

@@ -4,6 +4,8 @@ one says tie, 0 when they pick opposite winners) and Cohen's kappa over the thre
 
 from __future__ import annotations
 
+from lima_jax.errors import InputError
+
 LABELS = ("a", "tie", "b")
 
 
@@ -11,7 +13,7 @@ def agreement(x: dict[str, str], y: dict[str, str]) -> dict:
     """Agreement over the ids both {id: verdict} maps judged ('a' | 'tie' | 'b'; others ignored)."""
     ids = sorted(i for i in x if i in y and x[i] in LABELS and y[i] in LABELS)
     if not ids:
-        raise ValueError("the two annotators share no judged ids; nothing to compare")
+        raise InputError("the two annotators share no judged ids; nothing to compare")
     n = len(ids)
     equal = sum(x[i] == y[i] for i in ids)
     half = sum(x[i] != y[i] and "tie" in (x[i], y[i]) for i in ids)

@@ -22,11 +22,12 @@ import json
 import pathlib
 import sys
 
+from lima_jax.cli import run_command
 from lima_jax.evaluate import pairwise, scale
 from lima_jax.evaluate.agreement import agreement
 from lima_jax.evaluate.cache import ReplyCache
-from lima_jax.evaluate.judges import JudgeError, JudgeOptions, make_judge
-from lima_jax.evaluate.responses import ResponseError, pair_responses, read_responses
+from lima_jax.evaluate.judges import JudgeOptions, make_judge
+from lima_jax.evaluate.responses import pair_responses, read_responses
 
 
 def _judge_args(p: argparse.ArgumentParser) -> None:
@@ -219,8 +220,4 @@ COMMANDS = {"pairwise": _pairwise, "score": _score, "table": _table, "agree": _a
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except (ResponseError, JudgeError, ValueError, FileNotFoundError) as e:
-        print(f"evaluate {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(COMMANDS[args.command], args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from lima_jax.errors import InputError
 from lima_jax.evaluate import instructions
 from lima_jax.evaluate.cache import ReplyCache
 from lima_jax.evaluate.judges import Judge
@@ -40,7 +41,7 @@ def run_pairwise(pairs: list[tuple[Response, Response]], judge: Judge, cache: Re
                          lambda p=prompt, x=b.text, y=a.text: judge.pairwise_reply(p, x, y)))
     replies, errors = ask_all(judge, cache, requests, quiet=quiet)
     by_id = {}
-    for n, (a, b) in enumerate(judged):
+    for n, (a, _b) in enumerate(judged):
         r_ab, r_ba = replies[2 * n], replies[2 * n + 1]
         record = {"id": a.id, "sample": a.sample, "judge": judge.judge_id,
                   "reply_ab": r_ab, "reply_ba": r_ba}
@@ -101,9 +102,9 @@ def read_verdicts(path: str | pathlib.Path) -> list[dict]:
             record = json.loads(line)
             record["id"] = str(record["id"])
             if record["verdict"] not in VERDICTS + ("skipped",):
-                raise ValueError(f"verdict {record['verdict']!r}")
+                raise InputError(f"verdict {record['verdict']!r}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{number}: not a verdict record ({e})") from e
+            raise InputError(f"{path}:{number}: not a verdict record ({e})") from e
         latest[record["id"]] = record
     return list(latest.values())
 

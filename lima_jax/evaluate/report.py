@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pathlib
 
+from lima_jax.errors import InputError
+
 
 def plot_win_rates(tables: list[dict], path: str | pathlib.Path, *, title: str | None = None) -> pathlib.Path:
     """Writes a PNG of win / tie / loss percentages of each table's A against its B."""
@@ -14,7 +16,7 @@ def plot_win_rates(tables: list[dict], path: str | pathlib.Path, *, title: str |
     import matplotlib.pyplot as plt
 
     if not tables:
-        raise ValueError("no comparisons to plot")
+        raise InputError("no comparisons to plot")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(tables) + 1.4))

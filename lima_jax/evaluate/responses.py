@@ -9,8 +9,10 @@ import dataclasses
 import json
 import pathlib
 
+from lima_jax.errors import LimaError
 
-class ResponseError(ValueError):
+
+class ResponseError(LimaError, ValueError):
     """A response file that cannot be judged as given."""
 
 

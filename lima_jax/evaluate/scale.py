@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from lima_jax.errors import InputError
 from lima_jax.evaluate import instructions
 from lima_jax.evaluate.cache import ReplyCache
 from lima_jax.evaluate.judges import Judge
@@ -27,7 +28,7 @@ _Z975 = 1.959964
 def t_critical(df: int) -> float:
     """t_{0.975, df}, the two-sided 95% critical value."""
     if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+        raise InputError(f"degrees of freedom must be >= 1, got {df}")
     if df in _T975:
         return _T975[df]
     knots = sorted(_T975) + [math.inf]
@@ -41,7 +42,7 @@ def t_critical(df: int) -> float:
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
     """(mean, low, high) of a 95% Student-t interval; one value gives a zero-width interval."""
     if not values:
-        raise ValueError("no values to average")
+        raise InputError("no values to average")
     n = len(values)
     mean = sum(values) / n
     if n == 1:

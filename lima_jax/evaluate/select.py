@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from lima_jax.errors import InputError
 from lima_jax.evaluate import scale
 from lima_jax.evaluate.cache import ReplyCache
 from lima_jax.evaluate.judges import Judge
@@ -27,9 +28,9 @@ def parse_epochs(text: str) -> list[int]:
         else:
             epochs = [int(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"--epochs {text!r}: expected a range like 5-10 or a list like 5,7") from None
+        raise InputError(f"--epochs {text!r}: expected a range like 5-10 or a list like 5,7") from None
     if not epochs or min(epochs) < 1:
-        raise ValueError(f"--epochs {text!r}: epochs are numbered from 1")
+        raise InputError(f"--epochs {text!r}: epochs are numbered from 1")
     return epochs
 
 
@@ -42,7 +43,7 @@ def epoch_checkpoints(workdir: pathlib.Path, epochs: list[int]) -> dict[int, pat
     found = {}
     for epoch in epochs:
         if epoch > len(ends):
-            raise ValueError(f"--epochs: the run has {len(ends)} epochs, not {epoch}")
+            raise InputError(f"--epochs: the run has {len(ends)} epochs, not {epoch}")
         step_dir = workdir / "checkpoints" / str(ends[epoch - 1])
         found[epoch] = step_dir if step_dir.is_dir() else None
     return found
@@ -66,13 +67,13 @@ def select_checkpoint(workdir: str | pathlib.Path, epochs: list[int], dev: str, 
         code = decode_main(["--ckpt", str(step_dir), "--prompts", dev, "--out", str(answers),
                             "--quiet", *decode_args])
         if code:
-            raise ValueError(f"decoding epoch {epoch} ({step_dir}) failed with exit status {code}")
+            raise InputError(f"decoding epoch {epoch} ({step_dir}) failed with exit status {code}")
         records = scale.run_scale(list(read_responses(answers).values()), judge, cache, quiet=quiet)
         summary = scale.scale_summary(records, f"epoch {epoch}")
         summary.update(epoch=epoch, step=int(step_dir.name), checkpoint=str(step_dir))
         rows.append(summary)
     if not rows:
-        raise ValueError(f"no checkpoint kept for epochs {epochs} in {workdir / 'checkpoints'}")
+        raise InputError(f"no checkpoint kept for epochs {epochs} in {workdir / 'checkpoints'}")
     scored = [r for r in rows if r["mean"] is not None]
     best = max(scored, key=lambda r: r["mean"]) if scored else None
     result = {"epochs": rows, "missing_epochs": missing,

@@ -33,7 +33,7 @@ import numpy as np
 
 from lima_jax.kernels.blocks import BlockSizes
 from lima_jax.kernels.flash_attention import default_backend, flash_attention
-from lima_jax.metrics import peak_flops_per_device
+from lima_jax.train.metrics import peak_flops_per_device
 
 TOKENS_PER_CALL = 16384
 SEGMENTS_PER_ROW = 4

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax
+from flax import nnx
+
 from lima_jax.model.llama import abstract_model, count_parameters
 from lima_jax.model.presets import PRESETS
-from flax import nnx
-import jax
 
 
 def describe(name: str) -> str:

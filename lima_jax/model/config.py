@@ -13,6 +13,8 @@ import json
 import math
 from typing import Any
 
+from lima_jax.errors import LimaError
+
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "pallas", "cudnn")  # see model/attention.py
 # What the backward pass keeps of each layer's activations: "none" keeps all,
 # "full" recomputes the whole layer, "dots" keeps matmul outputs,
@@ -21,7 +23,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(LimaError, ValueError):
     """A model configuration that cannot be built; the message names the field."""
 
 

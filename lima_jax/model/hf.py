@@ -25,6 +25,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from lima_jax.errors import LimaError
 from lima_jax.model.config import ConfigError, LlamaConfig, RopeScaling
 from lima_jax.model.llama import Llama, abstract_model
 
@@ -35,7 +36,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LimaError, ValueError):
     """A Hugging Face checkpoint whose tensors do not fit the model; names the tensor."""
 
 
@@ -62,7 +63,7 @@ def _rope_scaling_from_hf(raw: dict | None, path: pathlib.Path, field: str) -> R
                 original_max_position_embeddings=int(raw["original_max_position_embeddings"]),
             )
         except KeyError as missing:
-            raise _config_error(path, f"{field}.{missing.args[0]}", "missing for rope type llama3")
+            raise _config_error(path, f"{field}.{missing.args[0]}", "missing for rope type llama3") from None
     if kind == "linear":
         return RopeScaling(kind="linear", factor=float(raw["factor"]))
     raise _config_error(

@@ -23,7 +23,6 @@ from lima_jax.model.layers import (
     rope_inverse_frequencies,
 )
 
-
 REMAT_POLICY = {
     "full": None,  # save nothing but the layer's input
     "dots": jax.checkpoint_policies.checkpoint_dots,

@@ -1,0 +1,184 @@
+"""The run configuration shared by every config file in `configs/`, and its validation.
+
+`get_base_config()` holds LIMA's recipe (DESIGN.md section 2) as defaults; a config file
+starts from it, changes what its run needs, and `validate_config` stops a wrong key or
+value before anything compiles, naming the key (`config.optimizer.learning_rate`, ...).
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from lima_jax.data.config import get_default_data_config, validate_data_config
+from lima_jax.data.errors import DataError
+from lima_jax.errors import LimaError
+from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
+from lima_jax.model.presets import PRESETS
+from lima_jax.sharding import DEFAULT_RULES, MESH_AXES
+
+WEIGHT_DECAY_MASKS = ("all", "matrices", "matrices_no_embeddings")
+# Shape fields a config may change on top of its preset (0 = the preset's value).
+MODEL_SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim", "max_seq_len")
+
+
+class RunConfigError(LimaError, ValueError):
+    """A config key with a value that cannot work; the message names the key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message, where=f"config.{key}")
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """LIMA's recipe (65B values) as a ConfigDict; config files override what they need."""
+    c = ml_collections.ConfigDict()
+    c.workdir = ""  # where checkpoints, metrics and the resolved config go (required)
+    c.resume = False  # continue from the latest complete checkpoint in workdir
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "llama1-65b"
+    # A Hugging Face directory or a lima_jax checkpoint (python -m lima_jax.convert hf-to-lima);
+    # '' trains from random initialisation (the demo). The EOT row is added when missing.
+    c.model.init_from = ""
+    c.model.param_dtype = "float32"  # master weights and optimizer state
+    c.model.dtype = "bfloat16"  # compute
+    c.model.residual_dropout = 0.3  # LIMA: 0.3 at the top layer of 65B, 0.2 for smaller models
+    c.model.remat = "none"  # none | full | dots | dots_no_batch
+    c.model.attention = "auto"  # auto | xla | pallas | cudnn: lima_jax/model/attention.py
+    c.model.scan_unroll = 1  # layers per scan iteration; 0 = unroll all (small models on CPU)
+    for field in MODEL_SHAPE_FIELDS:
+        setattr(c.model, field, 0)
+
+    c.data = get_default_data_config()
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 1e-5
+    c.optimizer.end_learning_rate = 1e-6  # reached exactly at the run's last step
+    c.optimizer.warmup_steps = 0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.1
+    # all: every parameter; matrices: not the RMSNorm scales (the usual practice, and the
+    # default); matrices_no_embeddings: neither norms nor the embedding/output tables.
+    c.optimizer.weight_decay_mask = "matrices"
+    c.optimizer.clip_norm = 0.0  # global gradient-norm clipping; 0 = off (LIMA does not clip)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.grad_accum_steps = 1  # micro-batches per step; the loss is over the global batch
+    c.train.max_steps = 0  # > 0 cuts the run short (the schedule still spans the full run)
+    c.train.log_every = 1
+    c.train.eval_data = ""  # held-out file (any data format) for held-out loss, '' = none
+    c.train.eval_every_epochs = 1
+    c.train.eval_at_start = True
+    # Also answer the held-out requests greedily (KV-cache decoder) and score exact matches
+    # against their reference answers, before and after training (single-host runs).
+    c.train.eval_exact_match = False
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 0  # besides every epoch end; 0 = epoch ends only
+    c.checkpoint.keep_epochs_from = 5  # LIMA picks between epochs 5 and 10
+    c.checkpoint.keep_epochs_to = 10
+    c.checkpoint.async_save = True
+
+    c.mesh = ml_collections.ConfigDict({axis: 1 for axis in MESH_AXES})
+    c.mesh.fsdp = -1  # FSDP over every device by default
+    c.sharding_rules = DEFAULT_RULES
+
+    c.compile_only = False  # compile the step (for `topology`, if set), report memory, exit
+    c.topology = ""  # a TPU slice such as v5p-128 for an ahead-of-time compile on this machine
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = "auto"  # auto | yes | no (auto: when the environment says so)
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+    return c
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise RunConfigError(key, message)
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+    """Raises RunConfigError (or the data package's DataError) naming the first bad key."""
+    _check(bool(c.workdir) or c.compile_only, "workdir", "is required (--config.workdir=DIR)")
+    m = c.model
+    _check(m.preset in PRESETS, "model.preset", f"unknown preset {m.preset!r}; known: {', '.join(PRESETS)}")
+    for key in ("param_dtype", "dtype"):
+        _check(m[key] in DTYPES, f"model.{key}", f"{m[key]!r} is not one of {DTYPES}")
+    _check(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+    _check(m.attention in ATTENTION_IMPLEMENTATIONS, "model.attention",
+           f"{m.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+    _check(not (m.attention == "cudnn" and c.data.pack), "model.attention",
+           "'cudnn' cannot keep packed examples apart: use 'pallas' or 'xla', or data.pack=False")
+    _check(0.0 <= m.residual_dropout < 1.0, "model.residual_dropout", "must be in [0, 1)")
+    _check(isinstance(m.scan_unroll, int) and m.scan_unroll >= 0, "model.scan_unroll",
+           "must be an integer >= 0 (0 = unroll every layer)")
+    for field in MODEL_SHAPE_FIELDS:
+        _check(isinstance(m[field], int) and m[field] >= 0, f"model.{field}", "must be an integer >= 0")
+
+    o = c.optimizer
+    _check(o.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
+    _check(0 <= o.end_learning_rate <= o.learning_rate, "optimizer.end_learning_rate",
+           "must be in [0, optimizer.learning_rate]")
+    _check(o.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
+    for key in ("b1", "b2"):
+        _check(0.0 <= o[key] < 1.0, f"optimizer.{key}", "must be in [0, 1)")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+    _check(o.weight_decay_mask in WEIGHT_DECAY_MASKS, "optimizer.weight_decay_mask",
+           f"{o.weight_decay_mask!r} is not one of {WEIGHT_DECAY_MASKS}")
+    _check(o.clip_norm >= 0, "optimizer.clip_norm", "must be >= 0 (0 = off)")
+
+    t = c.train
+    _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+    _check(c.data.global_batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
+           f"must divide data.global_batch_size={c.data.global_batch_size}")
+    _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = the whole run)")
+    _check(t.log_every >= 1, "train.log_every", "must be >= 1")
+    _check(c.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+    _check(c.checkpoint.keep_epochs_from <= c.checkpoint.keep_epochs_to, "checkpoint.keep_epochs_from",
+           "must be <= checkpoint.keep_epochs_to")
+    for axis in MESH_AXES:
+        _check(c.mesh[axis] == -1 or c.mesh[axis] >= 1, f"mesh.{axis}", "must be >= 1 or -1 (= the rest)")
+    _check(sum(c.mesh[axis] == -1 for axis in MESH_AXES) <= 1, "mesh", "only one axis may be -1")
+    _check(c.distributed.initialize in ("auto", "yes", "no"), "distributed.initialize",
+           "must be auto, yes or no")
+    if c.compile_only and not c.data.path:
+        return  # an ahead-of-time compile needs shapes, not data
+    try:
+        validate_data_config(c.data)
+    except DataError as err:
+        raise RunConfigError(err.location.removeprefix("config."), f"{err.what} ({err.hint})") from None
+
+
+def rows_per_device_check(c: ml_collections.ConfigDict, batch_devices: int) -> None:
+    """Each micro-batch's rows must split evenly over the devices that share the batch."""
+    rows = c.data.global_batch_size // c.train.grad_accum_steps
+    _check(rows % batch_devices == 0, "train.grad_accum_steps",
+           f"a micro-batch of {rows} rows (data.global_batch_size / train.grad_accum_steps) "
+           f"does not split over the {batch_devices} devices of the data and fsdp mesh axes")
+
+
+def model_config_overrides(c: ml_collections.ConfigDict) -> dict:
+    """LlamaConfig fields the run config sets on top of the preset or checkpoint."""
+    m = c.model
+    attention = m.attention
+    if attention == "auto" and not c.data.pack and not c.get("topology") and \
+            jax.default_backend() == "gpu":
+        attention = "cudnn"  # rows of one example: cuDNN's fused kernel (model/attention.py)
+    overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, residual_dropout=m.residual_dropout,
+                     remat=m.remat, attention=attention, scan_unroll=m.scan_unroll)
+    for field in MODEL_SHAPE_FIELDS:
+        if m[field]:
+            overrides[field] = m[field]
+    return overrides
+
+
+def total_flops_per_token(n_matmul_params: int, n_layers: int, seq_len: int, attn_width: int) -> float:
+    """Training FLOPs per token: 6 per matmul parameter, plus causal attention
+    (QK^T and PV: 4 * T * N*H per layer forward, halved by the mask, x3 with backward)."""
+    return 6.0 * n_matmul_params + 6.0 * n_layers * seq_len * attn_width

@@ -1,0 +1,302 @@
+"""`python -m lima_jax.train --config configs/NAME.py [--config.section.key=value ...]`
+
+LIMA supervised fine-tuning, top to bottom: hosts, config, data, model and optimizer,
+shardings, state (restored or initialised shape-first), compile, the loop (with
+per-epoch checkpoints, held-out evaluation, metrics, SIGTERM and NaN guards), and the
+end-of-run report. The same command runs on every host of a pod.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import pathlib
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from lima_jax import sharding as sharding_lib
+from lima_jax.checkpoint import TrainCheckpointer
+from lima_jax.data import build_pipeline
+from lima_jax.errors import LimaError
+from lima_jax.train.config import (
+    rows_per_device_check,
+    total_flops_per_token,
+    validate_config,
+)
+from lima_jax.train.metrics import MetricsLogger, peak_flops_per_device, plot_loss_curve
+from lima_jax.train.optim import learning_rate_schedule, make_optimizer
+from lima_jax.train.state import (
+    abstract_with_shardings,
+    initial_params,
+    make_model_config,
+    maybe_initialize_distributed,
+    prepare_demo_data,
+)
+from lima_jax.train.step import StepFunctions
+
+log = logging.getLogger("lima_jax.train")
+
+
+class TrainingError(LimaError, RuntimeError):
+    """The run cannot go on (a NaN loss, say); the message says where and what is kept."""
+
+    exit_code = 1  # the input was fine; the run stopped on its own
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside some test runners)
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_batch(local_batch: dict, rows: jax.sharding.NamedSharding) -> dict:
+    """This host's rows -> global arrays sharded over the batch mesh axes."""
+    return {k: jax.make_array_from_process_local_data(rows, np.asarray(v))
+            for k, v in local_batch.items()}
+
+
+def _evaluate(eval_fn, params, pipeline, rows) -> dict:
+    totals = {"ce_sum": 0.0, "tokens": 0.0, "correct": 0.0}
+    for step in range(pipeline.num_steps):
+        sums = jax.device_get(eval_fn(params, _global_batch(pipeline.batch(step), rows)))
+        for key in totals:
+            totals[key] += float(sums[key])
+    tokens = max(totals["tokens"], 1.0)
+    return {"eval_loss": totals["ce_sum"] / tokens, "eval_token_accuracy": totals["correct"] / tokens}
+
+
+def _compile_only(config: ml_collections.ConfigDict) -> dict:
+    """The pod plan check: compile the step for `config.topology`, report memory, stop."""
+    from lima_jax.train.aot import compile_plan, format_plan
+
+    report = compile_plan(config)
+    if jax.process_index() == 0:
+        print(format_plan(report), flush=True)
+        if config.workdir:
+            workdir = pathlib.Path(config.workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "plan.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def train(config: ml_collections.ConfigDict) -> dict:
+    """Runs (or resumes) the training run `config` describes; returns a summary dict."""
+    # ---------------------------------------------------------------- hosts and config
+    maybe_initialize_distributed(config)
+    validate_config(config)
+    if config.compile_only:
+        return _compile_only(config)
+    is_main = jax.process_index() == 0
+    workdir = pathlib.Path(config.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    prepare_demo_data(config, workdir)
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        log.info("resolved config:\n%s", config)
+
+    # ---------------------------------------------------------------- data
+    pipeline = build_pipeline(config.data, workdir=str(workdir))
+    tokenizer = pipeline.tokenizer
+    total_steps = pipeline.num_steps
+    run_steps = min(total_steps, config.train.max_steps or total_steps)
+    epoch_ends = [int(x) for x in np.cumsum(pipeline.steps_per_epoch)]
+    if is_main:  # where each epoch ends, for `python -m lima_jax.evaluate select`
+        (workdir / "epochs.json").write_text(json.dumps({"epoch_end_steps": epoch_ends}))
+    if is_main:
+        print(f"train: {total_steps} steps in {len(epoch_ends)} epochs"
+              + (f", cut to {run_steps} by train.max_steps" if run_steps < total_steps else ""),
+              flush=True)
+
+    # ---------------------------------------------------------------- model and optimizer
+    model_config = make_model_config(config, tokenizer)
+    optimizer = make_optimizer(config.optimizer, total_steps)
+    schedule = learning_rate_schedule(config.optimizer, total_steps)
+
+    # ---------------------------------------------------------------- shardings
+    mesh = sharding_lib.make_mesh(dict(config.mesh))
+    rules = tuple(config.sharding_rules)
+    rows = sharding_lib.batch_sharding(mesh, rules)
+    batch_devices = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    rows_per_device_check(config, batch_devices)
+    fns = StepFunctions(model_config, optimizer, schedule, config.train.grad_accum_steps,
+                        micro_batch_sharding=rows)
+    abstract_state = jax.eval_shape(fns.init_state, jax.random.PRNGKey(0))
+    state_shardings = fns.state_shardings(mesh, rules, abstract_state)
+
+    # ---------------------------------------------------------------- state: restore or init
+    keep = [epoch_ends[e - 1] for e in range(config.checkpoint.keep_epochs_from,
+                                             config.checkpoint.keep_epochs_to + 1)
+            if 0 < e <= len(epoch_ends)]
+    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep_steps=keep,
+                                     async_save=config.checkpoint.async_save)
+    iterator = pipeline.iterator()
+    start_step = 0
+    latest = checkpointer.latest_step() if config.resume else None
+    if latest is not None:
+        state, data_state, _ = checkpointer.restore(
+            latest, abstract_with_shardings(abstract_state, state_shardings))
+        iterator.set_state(data_state)
+        start_step = int(jax.device_get(state["step"]))
+        if is_main:
+            print(f"train: resumed from {checkpointer.directory / str(latest)} at step {start_step}",
+                  flush=True)
+    else:
+        params = initial_params(config, model_config, fns, state_shardings["params"])
+        rng = jax.random.PRNGKey(config.seed)
+        if params is None:
+            state = jax.jit(fns.init_state, out_shardings=state_shardings)(rng)
+        else:
+            state = jax.jit(fns.init_state, in_shardings=(None, state_shardings["params"]),
+                            out_shardings=state_shardings)(rng, params)
+            del params
+
+    # ---------------------------------------------------------------- compile
+    step_fn = jax.jit(fns.train_step, in_shardings=(state_shardings, rows),
+                      out_shardings=(state_shardings, None), donate_argnums=0)
+    jitted_eval = jax.jit(fns.eval_step, in_shardings=(state_shardings["params"], rows))
+
+    def eval_fn(params, batch):
+        with sharding_lib.activation_context(mesh, rules):  # see the step's compile below
+            return jitted_eval(params, batch)
+
+    example = _global_batch(pipeline.batch(min(start_step, total_steps - 1)), rows)
+    compile_start = time.perf_counter()
+    # Traced with the mesh and rules in context: Pallas attention places itself under
+    # shard_map from them (lima_jax/kernels/sharded.py).
+    with sharding_lib.activation_context(mesh, rules):
+        compiled = step_fn.lower(state, example).compile()
+    compile_s = time.perf_counter() - compile_start
+    memory = compiled.memory_analysis()
+    if is_main:
+        print(f"train: step compiled in {compile_s:.1f}s"
+              + (f"; per-device temp {memory.temp_size_in_bytes / 2**20:.1f} MiB, "
+                 f"arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB"
+                 if memory is not None else ""), flush=True)
+
+    eval_pipeline = None
+    if config.train.eval_data:
+        eval_data = ml_collections.ConfigDict(config.data.to_dict())
+        eval_data.path, eval_data.num_epochs, eval_data.shuffle = config.train.eval_data, 1, False
+        eval_data.tokenizer = tokenizer.path or eval_data.tokenizer
+        eval_pipeline = build_pipeline(eval_data, tokenizer=tokenizer, workdir=str(workdir))
+
+    # ---------------------------------------------------------------- loop
+    flops_per_token = total_flops_per_token(
+        fns.matmul_param_count(), model_config.n_layers, config.data.max_len,
+        model_config.n_heads * model_config.head_dim)
+    peak = peak_flops_per_device()
+    metrics_log = MetricsLogger(workdir, enabled=is_main, total_steps=run_steps,
+                                initial_step=start_step)
+    # The tokenizer travels inside every checkpoint, so a checkpoint is self-contained.
+    meta = {"config": json.loads(config.to_json_best_effort()), "tokenizer_path": tokenizer.path,
+            "tokenizer_model_b64": base64.b64encode(tokenizer.model_proto).decode("ascii"),
+            "model_config": model_config.to_dict()}
+
+    def save(step: int):
+        checkpointer.save(step, state, iterator.get_state(), dict(meta, step=step))
+
+    summary = {"compile_s": compile_s, "start_step": start_step, "total_steps": total_steps}
+    def generation_score() -> dict:
+        if not (config.train.eval_exact_match and eval_pipeline is not None):
+            return {}
+        if jax.process_count() > 1:
+            log.info("train.eval_exact_match: skipped on a multi-host run")
+            return {}
+        from lima_jax.train.held_out import exact_match
+
+        result = exact_match(fns.model(state["params"]), tokenizer, config.train.eval_data,
+                             template=config.data.template)
+        return {"eval_exact_match": result["exact_match"], "eval_example": result.get("sample")}
+
+    if eval_pipeline is not None and start_step == 0 and config.train.eval_at_start:
+        summary["eval_at_start"] = _evaluate(eval_fn, state["params"], eval_pipeline, rows)
+        summary["eval_at_start"].update(generation_score())
+        metrics_log.log({"step": 0, **summary["eval_at_start"]})
+        metrics_log.write(f"held-out before training: {summary['eval_at_start']}")
+
+    last_saved = latest
+    status = "completed"
+    with _Preemption() as preemption:
+        for step in range(start_step, run_steps):
+            batch = _global_batch(next(iterator), rows)
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            metrics = jax.device_get(metrics)
+            step_time = time.perf_counter() - t0
+            done = step + 1
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                checkpointer.close()
+                metrics_log.close()
+                raise TrainingError(
+                    f"step {done}: the loss is {loss}; stopping. The last good checkpoint is "
+                    f"{'step ' + str(last_saved) if last_saved is not None else 'none'} in "
+                    f"{checkpointer.directory}; nothing from this step was saved.")
+            epoch = int(np.searchsorted(epoch_ends, done, side="left")) + 1
+            tokens_per_s = float(metrics["tokens"]) / step_time
+            if done % config.train.log_every == 0 or done == run_steps:
+                mfu = (flops_per_token * tokens_per_s / jax.device_count() / peak) if peak else None
+                metrics_log.log({
+                    "step": done, "epoch": epoch, "loss": loss, "lr": float(metrics["lr"]),
+                    "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens_per_s,
+                    "step_time_s": step_time, "mfu": mfu,
+                    "loss_tokens": float(metrics["loss_tokens"]),
+                })
+            metrics_log.advance()
+            at_epoch_end = done in epoch_ends
+            if at_epoch_end or (config.checkpoint.every_steps and done % config.checkpoint.every_steps == 0):
+                save(done)
+                last_saved = done
+            if (at_epoch_end and eval_pipeline is not None
+                    and epoch % config.train.eval_every_epochs == 0):
+                result = _evaluate(eval_fn, state["params"], eval_pipeline, rows)
+                metrics_log.log({"step": done, "epoch": epoch, **result})
+                metrics_log.write(f"epoch {epoch}: held-out {result}")
+            if preemption.requested:
+                if last_saved != done:
+                    save(done)
+                    last_saved = done
+                status = "preempted"
+                metrics_log.write(f"SIGTERM: saved step {done}, exiting")
+                break
+        else:
+            if run_steps > start_step and last_saved != run_steps:
+                save(run_steps)
+                last_saved = run_steps
+    checkpointer.close()
+
+    # ---------------------------------------------------------------- report
+    summary.update(status=status, last_checkpoint=last_saved)
+    if eval_pipeline is not None and status == "completed":
+        summary["eval_at_end"] = _evaluate(eval_fn, state["params"], eval_pipeline, rows)
+        summary["eval_at_end"].update(generation_score())
+        metrics_log.write(f"held-out after training: {summary['eval_at_end']}")
+    metrics_log.close()
+    if is_main:
+        curve = plot_loss_curve(workdir / "metrics.jsonl", workdir / "loss_curve.png")
+        summary["loss_curve"] = str(curve) if curve else None
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"train: {status}; summary in {workdir / 'summary.json'}", flush=True)
+    return summary

@@ -1,0 +1,140 @@
+"""What `lima_jax.train` does before its loop: join the other hosts, make the demo data,
+resolve the model config against the tokenizer, and load starting weights.
+
+Starting weights (`config.model.init_from`) come from a Hugging Face directory
+(`config.json` + safetensors) or a lima_jax checkpoint (`python -m lima_jax.convert
+hf-to-lima`). LIMA's EOT token is appended when the checkpoint lacks it: its rows
+start as the mean of the others (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lima_jax.checkpoint import MODEL_CONFIG_FILE, load_model, load_model_config
+from lima_jax.data import generated as demo_data
+from lima_jax.model.config import ConfigError, LlamaConfig
+from lima_jax.model.hf import append_vocab_rows, from_hf, load_hf_config
+from lima_jax.model.presets import get_preset
+from lima_jax.train.config import MODEL_SHAPE_FIELDS, RunConfigError, model_config_overrides
+
+log = logging.getLogger(__name__)
+
+DEMO_DATA = "generated:demo"
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Joins the other hosts with `jax.distributed.initialize` when the config or the
+    environment asks for it (`distributed.initialize`: auto | yes | no)."""
+    d = config.distributed
+    if d.initialize == "no":
+        return
+    explicit = bool(d.coordinator_address)
+    environment = (
+        "JAX_COORDINATOR_ADDRESS" in os.environ
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    )
+    if d.initialize == "auto" and not (explicit or environment):
+        return
+    kwargs = {}
+    if explicit:
+        kwargs = dict(coordinator_address=d.coordinator_address,
+                      num_processes=d.num_processes or None,
+                      process_id=d.process_id if d.process_id >= 0 else None)
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or kwargs:
+        # CPU processes exchange collectives over gloo (local multi-process runs, tests).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**kwargs)
+    except RuntimeError as err:
+        if "already" not in str(err).lower():
+            raise
+    log.info("process %d of %d, %d local devices of %d", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+
+
+def prepare_demo_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """`data.path = 'generated:demo'`: writes the generated instruction set into the
+    workdir and points `data.path` (and `train.eval_data`) at it."""
+    if config.data.path != DEMO_DATA:
+        return
+    train_path, held_out_path = demo_data.write_demo_data(workdir / "demo_data", seed=config.seed)
+    config.data.path = str(train_path)
+    if config.train.eval_data in ("", DEMO_DATA):
+        config.train.eval_data = str(held_out_path)
+
+
+def _checkpoint_kind(path: pathlib.Path) -> str:
+    if (path / MODEL_CONFIG_FILE).is_file():
+        return "lima"
+    if (path / "config.json").is_file():
+        return "hf"
+    raise RunConfigError("model.init_from", f"{path} is neither a Hugging Face directory "
+                         f"(config.json) nor a lima_jax checkpoint ({MODEL_CONFIG_FILE})")
+
+
+def make_model_config(config: ml_collections.ConfigDict, tokenizer) -> LlamaConfig:
+    """The model's config: the preset (or the init_from checkpoint's shape), the
+    tokenizer's vocabulary with EOT, and the run's numerics (dtypes, dropout, remat)."""
+    overrides = model_config_overrides(config)
+    token_ids = dict(vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
+                     bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+    try:
+        if not config.model.init_from:
+            return get_preset(config.model.preset).replace(**token_ids, **overrides)
+        path = pathlib.Path(config.model.init_from)
+        kind = _checkpoint_kind(path)
+        base = load_hf_config(path) if kind == "hf" else load_model_config(path)
+    except ConfigError as err:
+        raise RunConfigError("model", str(err)) from None
+    # max_seq_len shapes no parameter: a checkpoint may be trained at another length.
+    changed = [f for f in MODEL_SHAPE_FIELDS if f in overrides and f != "max_seq_len"]
+    if changed:
+        raise RunConfigError(f"model.{changed[0]}", "cannot change the shape of an init_from checkpoint")
+    with_eot = base.eot_token_id is not None
+    expected = tokenizer.vocab_size if with_eot else tokenizer.base_vocab_size
+    if base.vocab_size != expected:
+        raise RunConfigError(
+            "model.init_from",
+            f"{path} has a vocabulary of {base.vocab_size} ids, the tokenizer "
+            f"{tokenizer.path or ''} has {tokenizer.base_vocab_size} (+ EOT): they must match")
+    return base.replace(**token_ids, **overrides)
+
+
+def initial_params(config: ml_collections.ConfigDict, model_config: LlamaConfig, fns,
+                   param_shardings):
+    """Starting parameters (a pure dict, sharded) from `model.init_from`, or None."""
+    if not config.model.init_from:
+        return None
+    path = pathlib.Path(config.model.init_from)
+    dtype = model_config.param_dtype
+    if _checkpoint_kind(path) == "hf":
+        model = from_hf(path, dtype=dtype, add_eot=True, shardings=param_shardings)
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stored = load_model_config(path)
+    if stored.eot_token_id is not None:
+        model = load_model(path, shardings=param_shardings, param_dtype=dtype)
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    # A checkpoint without EOT: restore on the host, append the EOT rows, then place.
+    host = nnx.to_pure_dict(nnx.state(load_model(path, param_dtype=dtype), nnx.Param))
+    host = jax.tree.map(np.asarray, host)
+    v_old, v_new, padded = stored.vocab_size, model_config.vocab_size, model_config.padded_vocab_size
+    host["embedding"] = append_vocab_rows(host["embedding"][:v_old], v_old, v_new - v_old, padded)
+    if "lm_head" in host:
+        head = append_vocab_rows(host["lm_head"][:, :v_old].T, v_old, v_new - v_old, padded)
+        host["lm_head"] = np.ascontiguousarray(head.T)
+    return jax.tree.map(lambda x, s: jax.device_put(x, s), host, param_shardings)
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+    """ShapeDtypeStructs carrying the shardings restored arrays should land in."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_tree, shardings)

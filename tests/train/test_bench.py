@@ -1,0 +1,68 @@
+"""The training benchmark: a tiny config end to end through the dispatcher, into a results
+table in a temporary folder (never the repository's bench/RESULTS.md)."""
+
+import json
+
+import pytest
+
+from lima_jax import bench
+
+TINY_CONFIG = '''
+from lima_jax.train.config import get_base_config
+
+
+def get_config():
+    c = get_base_config()
+    c.model.preset = "tiny"
+    c.model.dtype = "float32"
+    c.data.max_len = 32
+    c.data.global_batch_size = 4
+    return c
+'''
+
+
+def test_train_bench_measures_and_records(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    config = tmp_path / "tiny.py"
+    config.write_text(TINY_CONFIG)
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setitem(bench.BENCHMARKS, "train", "lima_jax.train.bench")
+    monkeypatch.setattr(bench, "RESULTS", results)
+    monkeypatch.setattr(bench.append_result, "__defaults__", (results,))
+    # The test session has 8 fake CPU devices: 4 rows over fsdp=4, heads over tensor=2.
+    code = bench.main(["train", "--json", "--config", str(config), "--override", "mesh.fsdp=4",
+                       "--override", "mesh.tensor=2", "--override", "optimizer.clip_norm=1.0",
+                       "--steps", "2"])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 1
+    row = rows[0]
+    for key in ("name", "config", "hardware", "versions", "figure", "baseline", "baseline_name",
+                "compile_s", "step_s", "step_times_s", "baseline_step_s", "params", "mfu"):
+        assert key in row, key
+    assert row["benchmark"] == "train" and row["name"] == "train/tiny"
+    assert row["tokens_per_step"] == 4 * 32
+    assert row["params"] == row["baseline_params"] > 0  # the same model on both sides
+    assert row["compile_s"] > 0 and row["step_s"] > 0 and row["baseline_step_s"] > 0
+    assert len(row["step_times_s"]) == len(row["baseline_step_times_s"]) == 2
+    assert row["tokens_per_s"] > 0 and row["baseline_tokens_per_s"] > 0
+    # The ratio is recorded to 2 decimals.
+    assert row["ratio"] == pytest.approx(row["tokens_per_s"] / row["baseline_tokens_per_s"], abs=0.0051)
+    assert row["mfu"] is None  # CPU: no published peak
+    assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 2}" in row["config"]
+    table = results.read_text().splitlines()
+    assert table[0] == "# Benchmark results" and len([r for r in table if r.startswith("| 20")]) == 1
+    assert "tokens/s" in table[-1] and "| train |" in table[-1]
+
+
+def test_overrides_are_typed_and_checked():
+    from lima_jax.train.bench import load_config, model_config
+
+    c = load_config(None, ["model.preset=100m", "data.max_len=256", "optimizer.b2=0.99"])
+    assert (c.model.preset, c.data.max_len, c.optimizer.b2) == ("100m", 256, 0.99)
+    assert model_config(c).vocab_size == 32000 and model_config(c).residual_dropout == 0.0
+    with pytest.raises(SystemExit, match="no such config key"):
+        load_config(None, ["model.nope=1"])
+    with pytest.raises(Exception, match="model.preset"):
+        load_config(None, ["model.preset=nope"])

@@ -3,8 +3,8 @@
 A command that reads a run config takes ``--config FILE[:ARG]`` (a Python file whose
 ``get_config()`` returns an ``ml_collections.ConfigDict``) with ``--config.a.b=value`` overrides,
 through ml_collections' ``config_flags``. The config is locked, so an override of a key the file
-does not have stops before anything runs, naming the key. `load_config_file` is the same loader for
-library code (benchmarks, tests) that has a path and a list of overrides instead of argv.
+does not have stops before anything runs, naming the key. `load_config` is the same loader for
+library code (benchmarks, curate, tests) that has a file or a ConfigDict and a list of overrides.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def run_command(fn: Callable[..., int | None], *args, **kwargs) -> int:
 def config_command(main: Callable[[ml_collections.ConfigDict], int | None], help_text: str,
                    argv: Sequence[str] | None = None, *, usage: str = "") -> None:
     """Runs `main(config)` as a command over ``--config FILE[:ARG]`` and ``--config.key=value``
-    overrides (loaded by `load_config_file`), exiting with its code. ``-h`` / ``--help``
+    overrides (loaded by `load_config`), exiting with its code. ``-h`` / ``--help``
     prints `usage` and the flags and exits 0; a bad flag, file, key or value is one line."""
     args = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help", "--helpshort") for a in args):
@@ -70,7 +70,7 @@ def config_command(main: Callable[[ml_collections.ConfigDict], int | None], help
     if path is None:
         sys.exit(_usage_error("--config FILE is required"))
     try:
-        config = load_config_file(path, overrides)
+        config = load_config(path, overrides)
     except LimaError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
@@ -82,28 +82,37 @@ def _usage_error(message: str) -> int:
     return 2
 
 
-def load_config_file(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """The ConfigDict of a config file (``FILE`` or ``FILE:ARG``) with ``key=value``
-    overrides, parsed exactly as ``--config.key=value`` on a command line is."""
+def load_config(source: str | ml_collections.ConfigDict,
+                overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """A config with ``key=value`` overrides, parsed exactly as ``--config.key=value`` on a
+    command line is (ml_collections' config_flags, locked). `source` is a config file
+    (``FILE`` or ``FILE:ARG``, whose ``get_config()`` makes the config) or a ConfigDict (copied).
+    An unknown key, a value of the wrong type or a file that does not load raises a LimaError."""
     from absl import flags
     from ml_collections import config_flags
 
-    file = path.split(":", 1)[0]
-    if not pathlib.Path(file).is_file():
-        raise LimaError("no such config file", where=file, hint="give a configs/*.py path")
+    where = "config" if isinstance(source, ml_collections.ConfigDict) else source
+    if not isinstance(source, ml_collections.ConfigDict):
+        file = source.split(":", 1)[0]
+        if not pathlib.Path(file).is_file():
+            raise LimaError("no such config file", where=file, hint="give a configs/*.py path")
     values = flags.FlagValues()
-    argv = ["load_config_file", *(f"--config.{item}" for item in overrides)]
+    argv = ["load_config", *(f"--config.{item.removeprefix('--config.')}" for item in overrides)]
     try:
         # config_flags finds the override flags in `sys_argv` when the flag is defined.
-        config_flags.DEFINE_config_file("config", path, "a config file", flag_values=values,
-                                        lock_config=True, sys_argv=argv)
+        if isinstance(source, ml_collections.ConfigDict):
+            config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(source.to_dict()),
+                                            flag_values=values, lock_config=True, sys_argv=argv)
+        else:
+            config_flags.DEFINE_config_file("config", source, "a config file", flag_values=values,
+                                            lock_config=True, sys_argv=argv)
         values(argv)
         config = values.config
         config.get("workdir")  # a file that failed to load raises only when first used
         return config
     except (AttributeError, KeyError) as err:
         key = str(err.args[0] if err.args else err).strip("'\"")
-        raise LimaError(f"the config has no key {key!r}", where=path,
-                        hint="an override must name a key the config file has") from None
-    except (flags.Error, OSError, SyntaxError) as err:
-        raise LimaError(str(err), where=path) from None
+        raise LimaError(f"the config has no key {key!r}", where=where,
+                        hint="an override must name a key the config has") from None
+    except (flags.Error, OSError, SyntaxError, TypeError, ValueError) as err:
+        raise LimaError(str(err), where=where) from None

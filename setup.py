@@ -28,9 +28,10 @@ EXTRAS_REQUIRE = {
     # torch is pinned to the CPU build these machines carry; an unpinned torch
     # pulls the newest build with several GB of CUDA packages.
     # selenium drives Debian's chromium for the annotation-page test (.ci/run installs it).
-    # nbclient + ipykernel execute the notebooks in tests/test_notebooks.py.
+    # nbclient + ipykernel execute the notebooks in tests/notebooks/test_notebooks.py.
+    # ruff is the lint CI runs (settings in pyproject.toml).
     "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45", "selenium>=4.20",
-             "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+             "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "ruff>=0.6"],
     # libtpu: runs on TPU VMs, and lets a CPU machine compile ahead of time for a TPU slice.
     "tpu": ["jax[tpu]>=0.6"],
     "gpu": ["jax[cuda13]>=0.7"],  # CUDA 13 wheels, as on the H200 image (jax[cuda12] for older drivers)

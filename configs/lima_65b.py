@@ -8,7 +8,7 @@
     python -m lima_jax.train --config configs/lima_65b.py --config.compile_only=True \
         --config.topology=v5p-64
 
-The recipe's numbers (DESIGN.md section 2) are get_base_config()'s defaults: AdamW
+The recipe's numbers (LIMA, section 3) are get_base_config()'s defaults: AdamW
 (0.9, 0.95, weight decay 0.1), 1e-5 decaying linearly to 1e-6, no warmup, batch 32,
 2,048 tokens, 15 epochs, residual dropout rising to 0.3, checkpoints kept for epochs
 5 to 10. `init_from` is a Hugging Face LLaMA-65B directory or its conversion

@@ -4,7 +4,7 @@
         --config.model.init_from=/path/to/llama-7b-hf --config.workdir=/tmp/lima_7b
 
 Same recipe as configs/lima_65b.py with the small-model values: residual dropout
-rising to 0.2 and a batch of 64 examples (DESIGN.md section 2), accumulated over 4
+rising to 0.2 and a batch of 64 examples (LIMA, section 3), accumulated over 4
 micro-batches of 16 rows so it fits one 80-140 GB GPU with float32 master weights.
 """
 

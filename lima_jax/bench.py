@@ -1,8 +1,12 @@
 """Benchmarks: ``python -m lima_jax.bench <what> [--json]``; each appends a row to bench/RESULTS.md.
 
-Subcommands live in their own modules and register here. Each measurement is one JSON object with its figure and
-the ratio to a named baseline measured in the same run. This module also holds what every
-benchmark records beside its figure: the hardware, the package versions and the results table.
+Subcommands live in their own modules and register here (`BENCHMARKS`). A module has
+``add_arguments(parser)`` and ``run(args) -> list[dict]``, one JSON object per measurement with
+its figure and the ratio to a named baseline measured in the same run, and may declare
+``VERSIONS`` (the packages whose versions its rows record) and ``DEVICE_IN_HARDWARE = True``
+(its rows name the accelerator before the machine). This module stamps every row with what each
+benchmark records beside its figure, the hardware and the package versions, so no benchmark
+imports it back; and it keeps the results table. A LimaError prints as ``error: ...`` (exit 2).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import os
 import pathlib
 import platform
 import sys
+from types import ModuleType
 from typing import Any
+
+from lima_jax.cli import run_command
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
@@ -40,8 +47,8 @@ measured in the same run on the same machine, and their ratio (higher is better)
 """
 
 
-def hardware() -> str:
-    """CPU model, core count and memory (and accelerators if jax is already imported)."""
+def hardware(device: bool = False) -> str:
+    """CPU model, core count and memory; with `device`, the first jax device's kind before them."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -56,7 +63,12 @@ def hardware() -> str:
         memory = f", {pages / 2**30:.0f} GiB"
     except (ValueError, OSError, AttributeError):
         pass
-    return f"{cpu}, {os.cpu_count()} cores{memory}"
+    machine = f"{cpu}, {os.cpu_count()} cores{memory}"
+    if not device:
+        return machine
+    import jax  # only here: the data and dedup benchmarks never load it
+
+    return f"{jax.devices()[0].device_kind} ({machine})"
 
 
 def versions(packages: tuple[str, ...]) -> str:
@@ -68,6 +80,13 @@ def versions(packages: tuple[str, ...]) -> str:
         except importlib.metadata.PackageNotFoundError:
             pass
     return ", ".join(out)
+
+
+def stamp(rows: list[dict[str, Any]], module: ModuleType) -> list[dict[str, Any]]:
+    """`rows` with the `hardware` and `versions` the benchmark `module` declares for them."""
+    common = {"hardware": hardware(device=getattr(module, "DEVICE_IN_HARDWARE", False)),
+              "versions": versions(tuple(getattr(module, "VERSIONS", ())))}
+    return [{**common, **row} for row in rows]
 
 
 def append_result(row: dict[str, Any], path: pathlib.Path = RESULTS) -> None:
@@ -93,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS}")
         modules[name].add_arguments(p)
     args = parser.parse_args(argv)
-    rows = modules[args.what].run(args)
-    for row in rows:
+    return run_command(_measure, modules[args.what], args)
+
+
+def _measure(module: ModuleType, args: argparse.Namespace) -> int:
+    """Runs one benchmark, prints its rows and records those that ask to be."""
+    for row in stamp(module.run(args), module):
         print(json.dumps(row) if args.json else f"{row['name']}: {row['figure']}"
               + (f" (baseline {row['baseline']}, ratio {row['ratio']})" if row.get("baseline") else ""))
         if not args.no_record and row.get("record", True):

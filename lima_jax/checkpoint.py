@@ -1,9 +1,12 @@
-"""Orbax checkpoints of lima_jax models.
+"""Orbax checkpoints of lima_jax models and training runs, and what each kind of directory is.
 
-A model checkpoint is a directory holding `model_config.json` (the
-`LlamaConfig`), `params/` (the parameters, an orbax PyTree checkpoint) and,
-when known, `tokenizer.model`. Restoring is shape-first: the parameters are
-read straight into their (optionally sharded) layout.
+A model checkpoint is a directory holding `model_config.json` (the `LlamaConfig`), `params/`
+(the parameters, an orbax PyTree checkpoint) and, when known, `tokenizer.model`. A training
+run (its workdir) keeps `checkpoints/<step>/` (state, data iterator, meta) and `epochs.json`,
+the step each epoch ended at. Restoring is shape-first: the parameters are read straight into
+their (optionally sharded) layout. `checkpoint_kind` tells the four kinds of directory apart
+(Hugging Face, model checkpoint, training step, training workdir); `epoch_checkpoint` finds the
+step directory that ended an epoch; `load_train_model` reads only the parameters of a step.
 """
 
 from __future__ import annotations
@@ -16,12 +19,84 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from lima_jax.errors import InputError
+from lima_jax.jsonl import read_json
 from lima_jax.model.config import LlamaConfig
 from lima_jax.model.llama import Llama, abstract_model
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 TOKENIZER_FILE = "tokenizer.model"
+HF_CONFIG_FILE = "config.json"  # a Hugging Face model directory's
+CHECKPOINTS_DIR = "checkpoints"  # a training workdir's step directories
+TRAIN_STATE_DIR = "state"  # a training step directory's train state
+EPOCHS_FILE = "epochs.json"  # a training workdir's {"epoch_end_steps": [...]}
+
+# The kinds of directory `checkpoint_kind` tells apart.
+HF, MODEL, TRAIN_STEP, WORKDIR = "hf", "model", "train_step", "workdir"
+
+
+# --------------------------------------------------------------------------- kinds of directory
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """What `path` holds: MODEL (a lima_jax model checkpoint, `model_config.json` + params/),
+    TRAIN_STEP (a training run's `checkpoints/<step>/`), WORKDIR (a training run with at least
+    one kept step), HF (a Hugging Face directory, `config.json`), or None."""
+    path = pathlib.Path(path)
+    if (path / MODEL_CONFIG_FILE).is_file():
+        return MODEL
+    if (path / TRAIN_STATE_DIR).is_dir():
+        return TRAIN_STEP
+    # Before HF: a training workdir holds a config.json too (the run's resolved config).
+    if kept_steps(path):
+        return WORKDIR
+    if (path / HF_CONFIG_FILE).is_file():
+        return HF
+    return None
+
+
+def kept_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps a training workdir keeps in `checkpoints/`, in order (none when it has none)."""
+    checkpoints = pathlib.Path(workdir) / CHECKPOINTS_DIR
+    if not checkpoints.is_dir():
+        return []
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+
+
+def train_step_dir(path: str | os.PathLike) -> pathlib.Path | None:
+    """The training step directory `path` names: itself (a step directory), a workdir's latest
+    kept step, or None when it is neither."""
+    path = pathlib.Path(path)
+    kind = checkpoint_kind(path)
+    if kind == TRAIN_STEP:
+        return path
+    if kind == WORKDIR:
+        return path / CHECKPOINTS_DIR / str(kept_steps(path)[-1])
+    return None
+
+
+def epoch_end_steps(workdir: str | os.PathLike) -> list[int]:
+    """The step at which each epoch of a training run ended (`WORKDIR/epochs.json`, written by
+    the trainer before its first step)."""
+    record = pathlib.Path(workdir) / EPOCHS_FILE
+    if not record.is_file():
+        raise InputError(f"missing; is {workdir} a lima_jax training workdir?", where=str(record))
+    return [int(step) for step in read_json(record)["epoch_end_steps"]]
+
+
+def epoch_checkpoint(workdir: str | os.PathLike, epoch: int) -> pathlib.Path | None:
+    """The step directory saved at the end of `epoch` (counted from 1), or None when the run
+    did not keep it (LIMA keeps the ends of epochs 5 to 10, `checkpoint.keep_epochs_*`)."""
+    workdir = pathlib.Path(workdir)
+    ends = epoch_end_steps(workdir)
+    if not 1 <= epoch <= len(ends):
+        raise InputError(f"the run has {len(ends)} epochs, not {epoch}", where=str(workdir / EPOCHS_FILE))
+    step_dir = workdir / CHECKPOINTS_DIR / str(ends[epoch - 1])
+    return step_dir if step_dir.is_dir() else None
+
+
+# --------------------------------------------------------------------------- model checkpoints
 
 
 def save_model(model: Llama, ckpt_dir: str | os.PathLike, *,
@@ -63,18 +138,49 @@ def load_model(ckpt_dir: str | os.PathLike, *, shardings=None, **config_override
     config = load_model_config(ckpt_dir).replace(**config_overrides)
     graphdef, abstract_state = nnx.split(abstract_model(config))
     abstract_pure = nnx.to_pure_dict(abstract_state)  # ShapeDtypeStructs
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        sharding_pure = jax.tree.map(lambda _: device, abstract_pure)
-    else:
-        # An nnx State of shardings, or already a pure dict (the trainer's).
-        sharding_pure = shardings if type(shardings) is dict else nnx.to_pure_dict(shardings)
     targets = jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        abstract_pure, sharding_pure)
+        abstract_pure, _sharding_pure(abstract_pure, shardings))
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(ckpt_dir / PARAMS_DIR, targets)
     nnx.replace_by_pure_dict(abstract_state, restored)
+    return nnx.merge(graphdef, abstract_state)
+
+
+def _sharding_pure(abstract_pure: dict, shardings) -> dict:
+    """A pure dict of shardings for the parameters: `shardings` (an nnx State of shardings, or
+    already a pure dict, the trainer's), or the default device for every parameter."""
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree.map(lambda _: device, abstract_pure)
+    return shardings if type(shardings) is dict else nnx.to_pure_dict(shardings)
+
+
+def read_train_meta(step_dir: str | os.PathLike) -> dict:
+    """The `meta` item of a training step directory: the resolved run config, the model config
+    (`model_config`), the tokenizer (`tokenizer_model_b64`, `tokenizer_path`) and the epoch."""
+    step_dir = pathlib.Path(step_dir).absolute()
+    checkpointer = TrainCheckpointer(step_dir.parent, async_save=False)
+    try:
+        return checkpointer.read_meta(int(step_dir.name))
+    finally:
+        checkpointer.close()
+
+
+def load_train_model(step_dir: str | os.PathLike, config: LlamaConfig, *, shardings=None) -> Llama:
+    """The model of a training step directory (`WORKDIR/checkpoints/<step>`) with `config` (its
+    meta's `model_config`, numerics such as dtype possibly changed). Only the parameters are
+    read (an orbax partial restore): the optimizer state stays on disk. `shardings` as in
+    `load_model`."""
+    step_dir = pathlib.Path(step_dir).absolute()
+    graphdef, abstract_state = nnx.split(abstract_model(config))
+    pure = nnx.to_pure_dict(abstract_state)
+    checkpointer = TrainCheckpointer(step_dir.parent, async_save=False)
+    try:
+        params = checkpointer.restore_params(int(step_dir.name), pure, _sharding_pure(pure, shardings))
+    finally:
+        checkpointer.close()
+    nnx.replace_by_pure_dict(abstract_state, params)
     return nnx.merge(graphdef, abstract_state)
 
 
@@ -141,6 +247,16 @@ class TrainCheckpointer:
     def read_meta(self, step: int) -> dict:
         """Only the `meta` item of `step` (config, tokenizer, model config)."""
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_params(self, step: int, abstract_params: dict, shardings: dict) -> dict:
+        """Only the parameters of `step`'s train state (a partial restore), as a pure dict laid
+        out like `abstract_params` and placed by `shardings` (a pure dict of the same tree)."""
+        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), shardings)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                         restore_args={"params": restore_args},
+                                         partial_restore=True)))
+        return restored["state"]["params"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

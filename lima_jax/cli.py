@@ -9,6 +9,8 @@ library code (benchmarks, curate, tests) that has a file or a ConfigDict and a l
 
 from __future__ import annotations
 
+import copy
+import difflib
 import logging
 import pathlib
 import sys
@@ -23,16 +25,19 @@ NOISY_LOGGERS = ("absl", "orbax", "jax._src", "grain")
 
 def setup_logging(quiet: Sequence[str] = ()) -> None:
     """INFO logging for lima_jax, WARNING for the libraries that talk a lot."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # force: a library may have put a WARNING-level handler on the root logger at import.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     for name in (*NOISY_LOGGERS, *quiet):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run_command(fn: Callable[..., int | None], *args, **kwargs) -> int:
-    """Calls a command's body; a LimaError (or a missing file) becomes one line on stderr,
-    ``error: ...``, and the error's exit code instead of a traceback."""
+def run_command(fn: Callable[..., object], *args, **kwargs) -> int:
+    """Calls a command's body and returns its exit code (the body's int result, else 0); a
+    LimaError (or a missing file) becomes one line on stderr, ``error: ...``, and the error's
+    exit code instead of a traceback."""
     try:
-        return fn(*args, **kwargs) or 0
+        result = fn(*args, **kwargs)
+        return result if isinstance(result, int) else 0  # a command's body may return its output
     except LimaError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -88,31 +93,69 @@ def load_config(source: str | ml_collections.ConfigDict,
     command line is (ml_collections' config_flags, locked). `source` is a config file
     (``FILE`` or ``FILE:ARG``, whose ``get_config()`` makes the config) or a ConfigDict (copied).
     An unknown key, a value of the wrong type or a file that does not load raises a LimaError."""
+    if isinstance(source, ml_collections.ConfigDict):
+        # A copy, so the caller's config stays as it was (deepcopy keeps values and references;
+        # a ConfigDict built with sort_keys=False comes back sorted, so files are not copied).
+        base = copy.deepcopy(source)
+    else:
+        base = _config_from_file(source)  # freshly made: the order of its keys is kept
+    overrides = [item.removeprefix("--config.") for item in overrides]
+    for item in overrides:
+        _check_key(base, item.partition("=")[0])
+    return _parse_overrides(base, overrides)
+
+
+def _config_from_file(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file (``FILE`` or ``FILE:ARG``), through config_flags."""
     from absl import flags
     from ml_collections import config_flags
 
-    where = "config" if isinstance(source, ml_collections.ConfigDict) else source
-    if not isinstance(source, ml_collections.ConfigDict):
-        file = source.split(":", 1)[0]
-        if not pathlib.Path(file).is_file():
-            raise LimaError("no such config file", where=file, hint="give a configs/*.py path")
+    file = path.split(":", 1)[0]
+    if not pathlib.Path(file).is_file():
+        raise LimaError("no such config file", where=file, hint="give a configs/*.py path")
     values = flags.FlagValues()
-    argv = ["load_config", *(f"--config.{item.removeprefix('--config.')}" for item in overrides)]
+    argv = ["load_config"]
     try:
-        # config_flags finds the override flags in `sys_argv` when the flag is defined.
-        if isinstance(source, ml_collections.ConfigDict):
-            config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(source.to_dict()),
-                                            flag_values=values, lock_config=True, sys_argv=argv)
-        else:
-            config_flags.DEFINE_config_file("config", source, "a config file", flag_values=values,
-                                            lock_config=True, sys_argv=argv)
+        config_flags.DEFINE_config_file("config", path, "a config file", flag_values=values,
+                                        lock_config=False, sys_argv=argv)
         values(argv)
         config = values.config
-        config.get("workdir")  # a file that failed to load raises only when first used
+        config.to_dict  # noqa: B018 - a file that failed to load raises its error only when used
+        if not isinstance(config, ml_collections.ConfigDict):
+            raise TypeError(f"get_config() returned {type(config).__name__}, not a ConfigDict")
         return config
-    except (AttributeError, KeyError) as err:
-        key = str(err.args[0] if err.args else err).strip("'\"")
-        raise LimaError(f"the config has no key {key!r}", where=where,
-                        hint="an override must name a key the config has") from None
-    except (flags.Error, OSError, SyntaxError, TypeError, ValueError) as err:
-        raise LimaError(str(err), where=where) from None
+    except (AttributeError, flags.Error, OSError, SyntaxError, TypeError, ValueError) as err:
+        raise LimaError(f"cannot load the config: {str(err).strip().splitlines()[-1].strip()}", where=file,
+                        hint="a config file defines get_config() returning an ml_collections.ConfigDict"
+                        ) from None
+
+
+def _check_key(config: ml_collections.ConfigDict, key: str) -> None:
+    """Raises a LimaError naming `config.<key>` (and the nearest existing key) when the
+    config has no such key."""
+    node = config
+    for depth, part in enumerate(key.split(".")):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = "config." + ".".join(key.split(".")[: depth + 1])
+            known = sorted(node) if isinstance(node, ml_collections.ConfigDict) else []
+            close = difflib.get_close_matches(part, known, n=1)
+            hint = (f"did you mean {close[0]!r}? " if close else "") + (
+                f"keys here: {', '.join(known)}" if known else "it is not a section")
+            raise LimaError("no such key", where=where, hint=hint)
+        node = node[part]
+
+
+def _parse_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = flags.FlagValues()
+    argv = ["load_config", *(f"--config.{item}" for item in overrides)]
+    try:
+        # config_flags finds the override flags in `sys_argv` when the flag is defined.
+        config_flags.DEFINE_config_dict("config", config, flag_values=values, lock_config=True,
+                                        sys_argv=argv)
+        values(argv)
+        return values.config
+    except (flags.Error, TypeError, ValueError) as err:
+        raise LimaError(str(err).removeprefix("flag ")) from None

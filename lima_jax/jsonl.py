@@ -1,10 +1,12 @@
 """JSON Lines and JSON files: reading with ``file:line`` errors, appending, atomic writes.
 
 Every JSONL file lima_jax reads or writes goes through here, so they all agree on the details:
-UTF-8, one object per line, non-ASCII kept as is, a blank line ignored, a bad line reported as
-``path:line: what``. Appends are line-buffered (optionally fsynced, for records that must survive
-a crash the moment they are made); whole-file outputs are written to a temporary file beside the
-target and renamed over it, so a crash never leaves half a file.
+UTF-8, one object per line (a line ends at a line feed only), non-ASCII kept as is, a blank line
+ignored, a bad line reported as ``path:line: what``. Training data is the one exception on the
+reading side: `lima_jax.data.readers` also reads JSON arrays and can count and skip bad records.
+Appends are line-buffered (optionally fsynced, for records that must survive a crash the moment
+they are made); whole-file outputs are written to a temporary file beside the target and renamed
+over it, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ def dumps_line(record: Any) -> str:
 
 
 def iter_lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line of a UTF-8 text file."""
+    """(1-based line number, text) of every non-blank line of a UTF-8 text file (a leading
+    byte-order mark is dropped)."""
     path = pathlib.Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputError("no such file", where=str(path)) from None
     except IsADirectoryError:
         raise InputError("is a directory, not a JSON Lines file", where=str(path)) from None
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", where=str(path)) from None
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() would also cut at U+2028, U+0085 and the like,
+    # which `dumps_line` leaves unescaped inside a string.
+    for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             yield number, line
 
@@ -124,9 +129,10 @@ def write_jsonl(path: PathLike, records: Iterable[Any]) -> pathlib.Path:
     return write_text_atomic(path, "".join(dumps_line(r) for r in records))
 
 
-def write_json(path: PathLike, value: Any, *, indent: int = 2) -> pathlib.Path:
-    """Writes a JSON document (indented, with a final newline) atomically."""
-    return write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+def write_json(path: PathLike, value: Any, *, indent: int = 2, ensure_ascii: bool = False) -> pathlib.Path:
+    """Writes a JSON document (indented, with a final newline) atomically; `ensure_ascii`
+    escapes non-ASCII text, for the files that have always been written that way."""
+    return write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=ensure_ascii) + "\n")
 
 
 def read_json(path: PathLike) -> Any:

@@ -1,9 +1,11 @@
-"""Meshes, logical-to-mesh axis rules and sharded model creation.
+"""Hosts, meshes, logical-to-mesh axis rules and sharded model creation.
 
 The model names parameter axes logically (`vocab, embed, heads, kv_heads,
-head_dim, mlp, layers`); this module is the one place that maps those names
-onto the mesh axes `data, fsdp, tensor`. Default rules are FSDP over `embed`
-and tensor parallelism over heads, MLP and vocabulary.
+head_dim, mlp, layers`) and batch rows `batch`; this module is the one place that
+maps those names onto the mesh axes `data, fsdp, tensor`. Default rules are FSDP
+over `embed`, tensor parallelism over heads, MLP and vocabulary, and batch rows
+over data and fsdp. It also joins the other hosts of a multi-host run
+(`maybe_initialize_distributed`) before any mesh is made.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Mapping, Sequence
+import os
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -21,6 +24,9 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lima_jax.errors import LimaError
+
+if TYPE_CHECKING:
+    import ml_collections
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,37 @@ def mesh_shape(sizes: Mapping[str, int], device_count: int) -> dict[str, int]:
             f"but {device_count} are available"
         )
     return resolved
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Joins the other hosts with `jax.distributed.initialize` when the config or the
+    environment asks for it (`distributed.initialize`: auto | yes | no)."""
+    d = config.distributed
+    if d.initialize == "no":
+        return
+    explicit = bool(d.coordinator_address)
+    environment = (
+        "JAX_COORDINATOR_ADDRESS" in os.environ
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    )
+    if d.initialize == "auto" and not (explicit or environment):
+        return
+    kwargs = {}
+    if explicit:
+        kwargs = dict(coordinator_address=d.coordinator_address,
+                      num_processes=d.num_processes or None,
+                      process_id=d.process_id if d.process_id >= 0 else None)
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or kwargs:
+        # CPU processes exchange collectives over gloo (local multi-process runs, tests).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**kwargs)
+    except RuntimeError as err:
+        if "already" not in str(err).lower():
+            raise
+    log.info("process %d of %d, %d local devices of %d", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -157,11 +194,29 @@ def state_shardings(state, mesh: Mesh, rules=DEFAULT_RULES):
     return jax.tree.map(sharding_for, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def batch_axes(rules=DEFAULT_RULES) -> tuple[str, ...]:
+    """The mesh axes the `batch` rule spreads batch rows over (none: every device has them all)."""
+    return _rules_dict(rules).get("batch", ())
+
+
+def batch_devices(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """How many devices share out the rows of a batch: the size of the `batch` rule's axes."""
+    return math.prod(mesh.shape[axis] for axis in batch_axes(rules))
+
+
 def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES, rank: int = 2) -> NamedSharding:
     """Rows of a [B, T, ...] batch over the mesh axes the `batch` rule names."""
-    batch_axes = tuple(a for a in _rules_dict(rules).get("batch", ()) if mesh.shape[a] > 1)
-    first = batch_axes[0] if len(batch_axes) == 1 else (batch_axes or None)
+    # Axes of size 1 are left out of the spec: they split nothing.
+    axes = tuple(a for a in batch_axes(rules) if mesh.shape[a] > 1)
+    first = axes[0] if len(axes) == 1 else (axes or None)
     return NamedSharding(mesh, PartitionSpec(first, *([None] * (rank - 1))))
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+    """ShapeDtypeStructs carrying the shardings the arrays should have (for a restore to land
+    in, or an ahead-of-time compile with no arrays at all)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_tree, shardings)
 
 
 def create_sharded(module_factory, mesh: Mesh, rules=DEFAULT_RULES):

@@ -16,7 +16,7 @@ def main(config: ml_collections.ConfigDict) -> int:
     from lima_jax.ablate.runner import run_ablation
 
     setup_logging(quiet=("lima_jax.train",))
-    return run_command(lambda: run_ablation(config) and 0)
+    return run_command(run_ablation, config)
 
 
 def run(argv=None) -> None:

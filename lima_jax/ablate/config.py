@@ -8,11 +8,11 @@ sources, a selection rule and a size) trained with one shared recipe (`config.re
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from lima_jax.cli import load_config
 from lima_jax.curate.select import TABLE1_QUOTAS
 from lima_jax.errors import LimaError
 from lima_jax.model.presets import PRESETS
@@ -87,14 +87,9 @@ def get_base_ablation_config() -> ml_collections.ConfigDict:
 
 
 def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config()` (or `get_config(arg)`) of a config file, e.g. a recipe such as configs/lima_7b.py."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    spec = importlib.util.spec_from_file_location(f"_lima_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if arg is None else module.get_config(arg)
+    """`get_config()` (or `get_config(arg)`) of a config file, e.g. a recipe such as configs/lima_7b.py,
+    through `lima_jax.cli.load_config`. It comes back unlocked: the ablation configs build on it."""
+    return load_config(str(path) if arg is None else f"{path}:{arg}").unlock()
 
 
 def parse_quotas(text: str, key: str) -> dict[str, int]:

@@ -4,7 +4,6 @@ Figure 6, `plot=size`) or one bar per condition (Figure 5, `plot=condition`)."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 # Judges that are stand-ins, named in the report so nobody reads their scores as quality.
@@ -92,11 +91,3 @@ def results_markdown(name: str, results: list[dict], *, judge: str, decode: dict
             for r in skipped)]
     return "\n".join(lines) + "\n"
 
-
-def write_json(path: pathlib.Path, value) -> pathlib.Path:
-    """Atomic: a reader (or a resumed run) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path

@@ -24,14 +24,13 @@ changed under a half-finished cell, stops the run at once; so do changed decode 
 from __future__ import annotations
 
 import gc
-import json
 import pathlib
 import shutil
 
 import ml_collections
 
 from lima_jax.ablate.config import validate_ablation
-from lima_jax.ablate.report import plot_results, results_markdown, write_json
+from lima_jax.ablate.report import plot_results, results_markdown
 from lima_jax.ablate.subsets import (
     AblationError,
     read_pool,
@@ -40,6 +39,8 @@ from lima_jax.ablate.subsets import (
     shared_tokenizer,
     write_subset,
 )
+from lima_jax.errors import LimaError
+from lima_jax.jsonl import read_json, write_json, write_jsonl
 
 RESULT_FILE = "result.json"
 
@@ -63,7 +64,7 @@ def _train_cell(name: str, run_config) -> dict:
     """Trains the cell unless its run already completed; returns the trainer's summary."""
     summary_file = pathlib.Path(run_config.workdir) / "summary.json"
     if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
+        summary = read_json(summary_file)
         if summary.get("status") == "completed":
             return summary
     from lima_jax.train import train
@@ -77,34 +78,25 @@ def _train_cell(name: str, run_config) -> dict:
 
 
 def _checkpoint_for(train_dir: pathlib.Path, epoch: int) -> pathlib.Path:
+    from lima_jax.checkpoint import epoch_checkpoint
+
     if not epoch:
         return train_dir  # the decoder takes the workdir's latest step
-    ends = json.loads((train_dir / "epochs.json").read_text())["epoch_end_steps"]
-    step_dir = train_dir / "checkpoints" / str(ends[epoch - 1])
-    if not step_dir.is_dir():
-        raise AblationError(f"{step_dir}: epoch {epoch}'s checkpoint was not kept (config.decode.epoch)")
+    step_dir = epoch_checkpoint(train_dir, epoch)
+    if step_dir is None:
+        raise AblationError(f"{train_dir / 'checkpoints'}: epoch {epoch}'s checkpoint was not kept "
+                            "(config.decode.epoch)")
     return step_dir
 
 
-def _decode_args(d, prompts: str) -> list[str]:
-    args = ["--prompts", prompts, "--num-samples", str(d.num_samples), "--max-new-tokens",
-            str(d.max_new_tokens), "--batch-size", str(d.batch_size), "--seed", str(d.seed),
-            "--template", d.template]
+def _sampling(d):
+    """config.decode's SamplingConfig; temperature 0 is greedy (its repetition penalty kept)."""
+    from lima_jax.decode.sampling import SamplingConfig
+
     if d.temperature == 0:
-        args += ["--greedy", "--repetition-penalty", str(d.repetition_penalty)]
-    else:
-        args += ["--temperature", str(d.temperature), "--top-p", str(d.top_p),
-                 "--repetition-penalty", str(d.repetition_penalty)]
-    if d.limit:
-        args += ["--limit", str(d.limit)]
-    return args
-
-
-def _expected_rows(prompts: str, d) -> int:
-    from lima_jax.decode.prompts import read_prompts
-
-    n = len(read_prompts(prompts))
-    return (min(n, d.limit) if d.limit else n) * d.num_samples
+        return SamplingConfig.greedy_config(float(d.repetition_penalty))
+    return SamplingConfig(temperature=float(d.temperature), top_p=float(d.top_p),
+                          repetition_penalty=float(d.repetition_penalty))
 
 
 def _check_decode_settings(name: str, cell_dir: pathlib.Path, config) -> None:
@@ -112,7 +104,7 @@ def _check_decode_settings(name: str, cell_dir: pathlib.Path, config) -> None:
     record = cell_dir / "decode.json"
     if not record.is_file():
         return
-    before, now = json.loads(record.read_text()), config.decode.to_dict()
+    before, now = read_json(record), config.decode.to_dict()
     changed = sorted(k for k in now if before.get(k) != now[k])
     if changed:
         raise AblationError(
@@ -124,24 +116,22 @@ def _check_decode_settings(name: str, cell_dir: pathlib.Path, config) -> None:
 def _decode_cell(name: str, cell_dir: pathlib.Path, train_dir: pathlib.Path, prompts: str, config) -> None:
     """Decodes the test prompts into cell_dir/responses.jsonl unless it already holds every
     (prompt, sample) answer; the settings go to cell_dir/decode.json."""
-    from lima_jax.decode.cli import done_rows
+    from lima_jax.decode import answer_file, missing_answers
 
     _check_decode_settings(name, cell_dir, config)
+    d = config.decode
     out = cell_dir / "responses.jsonl"
-    if len(done_rows(out)) >= _expected_rows(prompts, config.decode):
+    if not missing_answers(prompts, out, num_samples=d.num_samples, limit=d.limit):
         return
-    write_json(cell_dir / "decode.json", config.decode.to_dict())
-    from lima_jax.decode.cli import main as decode_main
-
-    checkpoint = _checkpoint_for(train_dir, config.decode.epoch)
+    write_json(cell_dir / "decode.json", d.to_dict())
+    checkpoint = _checkpoint_for(train_dir, d.epoch)
     _say(f"cell {name}: decoding {prompts} with {checkpoint}")
-    args = ["--ckpt", str(checkpoint), "--out", str(out), *_decode_args(config.decode, prompts)]
-    if not config.progress:
-        args.append("--quiet")
-    code = decode_main(args)
-    if code:
-        raise AblationError(f"cell {name}: decoding failed (exit status {code}; the reason is printed "
-                            "above); rerun to resume it")
+    try:
+        answer_file(prompts, out, ckpt=str(checkpoint), template=d.template, sampling=_sampling(d),
+                    max_new_tokens=d.max_new_tokens, num_samples=d.num_samples,
+                    batch_size=d.batch_size, seed=d.seed, limit=d.limit, progress=config.progress)
+    except (LimaError, FileNotFoundError) as err:
+        raise AblationError(f"cell {name}: decoding failed ({err}); rerun to resume it") from err
 
 
 def _recipe_summary(recipe) -> dict:
@@ -190,7 +180,7 @@ def run_ablation(config: ml_collections.ConfigDict) -> dict:
         """The cell's result when it is done and graded by today's judge (a new judge regrades
         the kept answers; nothing is trained or decoded again)."""
         path = workdir / "cells" / name / RESULT_FILE
-        result = json.loads(path.read_text()) if path.is_file() else None
+        result = read_json(path) if path.is_file() else None
         return result if result and result.get("judge_spec") == config.judge.spec else None
 
     todo = [name for name in config.cells if finished(name) is None]
@@ -225,8 +215,7 @@ def run_ablation(config: ml_collections.ConfigDict) -> dict:
             cache = ReplyCache(workdir / "judge_cache.jsonl")
         records = scale.run_scale(list(read_responses(responses).values()), judge, cache,
                                   quiet=not config.progress)
-        (cell_dir / "scores.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        write_jsonl(cell_dir / "scores.jsonl", records)
         summary = scale.scale_summary(records, name)
         if summary["skips"].get("judge_error"):
             raise AblationError(f"cell {name}: {summary['skips']['judge_error']} judge requests failed "

@@ -8,7 +8,6 @@ must match byte for byte, so a resumed cell never trains on different data than 
 
 from __future__ import annotations
 
-import json
 import pathlib
 import random
 
@@ -18,6 +17,7 @@ from lima_jax.data import generated as demo_data
 from lima_jax.data.errors import DataError, RecordError
 from lima_jax.data.readers import ASSISTANT, SYSTEM, USER, read_file
 from lima_jax.errors import InputError, LimaError
+from lima_jax.jsonl import dumps_line, write_jsonl, write_text_atomic
 
 
 class AblationError(LimaError, RuntimeError):
@@ -85,7 +85,8 @@ def select_subset(name: str, cell, pool: list[dict], seed: int) -> list[dict]:
 
 
 def subset_text(records: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    """The cell's data file as text: what `write_subset` writes and compares byte for byte."""
+    return "".join(map(dumps_line, records))
 
 
 def write_subset(path: pathlib.Path, records: list[dict], name: str) -> pathlib.Path:
@@ -97,11 +98,7 @@ def write_subset(path: pathlib.Path, records: list[dict], name: str) -> pathlib.
                 f"cell {name}: {path} differs from the subset the config selects now (was a pool, "
                 "size, seed or selection changed?); delete the cell's directory to start it again")
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def write_tiny_pool(directory: pathlib.Path, train_size: int = 256, test_size: int = 16,
@@ -121,11 +118,7 @@ def write_tiny_pool(directory: pathlib.Path, train_size: int = 256, test_size: i
         prompt, answer, key = rng.choice(demo_data.TASKS)(rng)
         if key not in held_keys:
             train.append({"conversations": [prompt, answer], "source": key[0], "id": f"pool{len(train)}"})
-    directory.mkdir(parents=True, exist_ok=True)
-    train_path, test_path = directory / "train.jsonl", directory / "test.jsonl"
-    train_path.write_text(subset_text(train), encoding="utf-8")
-    test_path.write_text(subset_text(held), encoding="utf-8")
-    return train_path, test_path
+    return write_jsonl(directory / "train.jsonl", train), write_jsonl(directory / "test.jsonl", held)
 
 
 def resolve_generated(paths: str, workdir: pathlib.Path, which: str) -> str:

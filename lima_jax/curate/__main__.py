@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import pathlib
 import sys
 
 from lima_jax.cli import run_command
 from lima_jax.curate import records as records_lib
-from lima_jax.curate.config import apply_overrides, load_config, validate_curate_config
+from lima_jax.curate.config import load_curate_config
 from lima_jax.data.errors import DataError
+from lima_jax.jsonl import write_json, write_text_atomic
 
 
 def _io(p: argparse.ArgumentParser, out_help: str = "where the kept records go (.jsonl)",
@@ -46,19 +45,9 @@ def _write_report(args: argparse.Namespace, built: dict) -> None:
     from lima_jax.curate import report
 
     if args.report:
-        pathlib.Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.report).write_text(report.to_markdown(built), encoding="utf-8")
+        write_text_atomic(args.report, report.to_markdown(built))
     if args.report_json:
-        pathlib.Path(args.report_json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.report_json).write_text(json.dumps(built, indent=2, ensure_ascii=False),
-                                                  encoding="utf-8")
-
-
-def _config(args: argparse.Namespace, overrides: list[str]):
-    config = load_config(args.config)
-    apply_overrides(config, overrides)
-    validate_curate_config(config)
-    return config
+        write_json(args.report_json, built)
 
 
 def _stages(built: dict) -> str:
@@ -69,7 +58,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     from lima_jax.curate.contamination import read_eval_prompts
     from lima_jax.curate.pipeline import curate
 
-    config = _config(args, overrides)
+    config = load_curate_config(args.config, overrides)
     if args.eval:
         config.contamination.eval_sets = args.eval
     data = records_lib.read_records(args.data, args.format)
@@ -89,7 +78,7 @@ def _dedup(args: argparse.Namespace, overrides: list[str]) -> None:
     from lima_jax.curate.dedup import dedup_records
     from lima_jax.curate.pipeline import dedup_summary
 
-    config = _config(args, overrides)
+    config = load_curate_config(args.config, overrides)
     data = records_lib.read_records(args.data, args.format)
     result = dedup_records(data, config)
     records_lib.write_records(args.out, result.kept, args.output_format)
@@ -104,7 +93,7 @@ def _dedup(args: argparse.Namespace, overrides: list[str]) -> None:
 def _decontaminate(args: argparse.Namespace, overrides: list[str]) -> None:
     from lima_jax.curate import contamination, report
 
-    config = _config(args, overrides)
+    config = load_curate_config(args.config, overrides)
     data = records_lib.read_records(args.data, args.format)
     prompts = contamination.read_eval_prompts(args.eval)
     c = config.contamination

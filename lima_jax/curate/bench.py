@@ -25,6 +25,7 @@ from lima_jax.curate import dedup
 from lima_jax.curate.records import read_records
 
 _SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
+VERSIONS = ("datasketch", "numpy", "scipy")  # stamped on the row by lima_jax.bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,8 +94,6 @@ def recall(pairs: list[tuple[int, int]], planted: list[tuple[int, int]], n: int)
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from lima_jax.bench import hardware, versions
-
     if not pathlib.Path(args.data).is_file():
         raise SystemExit(f"error: {args.data} not found (pass --data)")
     records = read_records(args.data)
@@ -120,8 +119,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [{
         "name": f"dedup/minhash_lsh/{name}",
         "benchmark": "dedup",
-        "hardware": hardware(),
-        "versions": versions(("datasketch", "numpy", "scipy")),
         "config": (f"{name}: {len(records):,} examples + {len(planted):,} planted near-duplicates, prompt + "
                    f"response, word {args.shingle_words}-grams, Jaccard >= {args.threshold}, "
                    f"{args.num_perm} permutations, LSH false-negative weight {args.false_negative_weight}"),

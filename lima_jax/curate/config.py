@@ -1,17 +1,19 @@
 """The curation config: LIMA's filter settings, near-duplicate and contamination thresholds.
 
-Defaults are the paper's (section 2 of DESIGN.md). ``python -m lima_jax.curate`` starts from
-``get_default_curate_config()``, or from ``get_config()`` of a ``--config file.py``, and takes
-``--config.<section>.<key>=value`` overrides; ``validate_curate_config`` names any bad key.
+Defaults are the paper's (LIMA, section 2: Alignment Data). ``python -m lima_jax.curate`` starts
+from ``get_default_curate_config()``, or from ``get_config()`` of a ``--config file.py``, and takes
+``--config.<section>.<key>=value`` overrides, both through `lima_jax.cli.load_config` (an unknown
+key or a value of the wrong type stops the run, naming it); ``validate_curate_config`` names any
+value that cannot work.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
+from collections.abc import Sequence
 
 import ml_collections
 
+from lima_jax.cli import load_config
 from lima_jax.data.errors import DataError
 
 DEDUP_KEYS = ("text", "prompt", "response", "either")
@@ -70,53 +72,12 @@ def get_default_curate_config() -> ml_collections.ConfigDict:
     return c
 
 
-def load_config(path: str = "") -> ml_collections.ConfigDict:
-    """The default config, or ``get_config()`` of the Python file ``path``."""
-    if not path:
-        return get_default_curate_config()
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise DataError(path, "config file not found", "pass a .py file with get_config()", "config")
-    spec = importlib.util.spec_from_file_location(f"_curate_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise DataError(path, "has no get_config()", "define get_config() returning a ConfigDict", "config")
-    return module.get_config()
-
-
-def _coerce(key: str, old, text: str):
-    if isinstance(old, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise DataError(f"config.{key}", f"expected true or false, got {text!r}", "", "config")
-    for kind in (int, float):
-        if isinstance(old, kind):
-            try:
-                return kind(text)
-            except ValueError:
-                raise DataError(f"config.{key}", f"expected {kind.__name__}, got {text!r}", "",
-                                "config") from None
-    return text
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-    """Applies ``--config.a.b=value`` arguments; an unknown key or bad value raises DataError."""
-    for arg in overrides:
-        if not arg.startswith("--config.") or "=" not in arg:
-            raise DataError(arg, "not an override", "write --config.section.key=value", "config")
-        key, text = arg[len("--config."):].split("=", 1)
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
-                raise DataError(f"config.{key}", "no such section", f"sections: {sorted(config)}", "config")
-            node = node[name]
-        if leaf not in node:
-            raise DataError(f"config.{key}", "no such key", f"keys here: {sorted(node)}", "config")
-        node[leaf] = _coerce(key, node[leaf], text)
+def load_curate_config(path: str = "", overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The default config, or ``get_config()`` of the Python file `path`, with ``--config.a.b=value``
+    `overrides`, validated. A missing file, an unknown key or a bad value raises a LimaError."""
+    config = load_config(path or get_default_curate_config(), overrides)
+    validate_curate_config(config)
+    return config
 
 
 def validate_curate_config(c: ml_collections.ConfigDict) -> None:

@@ -45,7 +45,7 @@ def record_turns(record: Record) -> list[Turn]:
 
 def encode_batch_arrays(records: Sequence[Record], tokenizer: Tokenizer, max_len: int,
                         template: str = "lima") -> dict[str, np.ndarray]:
-    """One padded row per record, in the pipeline's batch format (DESIGN.md section 4):
+    """One padded row per record, in the batch format of lima_jax.data.pipeline:
     tokens, targets, segment_ids, positions int32 [N, max_len]; loss_mask float32 [N, max_len].
     Longer examples are trimmed to max_len positions."""
     encoded = templates.encode_conversations([record_turns(r) for r in records], tokenizer, template)

@@ -9,10 +9,9 @@ the other subcommands never import jax.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 from lima_jax.data.errors import DataError
+from lima_jax.jsonl import write_json
 
 
 def add_influence_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,10 +86,8 @@ def run_influence(args: argparse.Namespace) -> None:
     chosen = [pool[i] for i in result.selected]
     records_lib.write_records(args.out, chosen, args.output_format)
     if args.scores:
-        path = pathlib.Path(args.scores)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps([{"id": r.id, "source": r.source, "score": round(float(s), 6)}
-                                    for r, s in zip(pool, result.scores, strict=True)], indent=1))
+        write_json(args.scores, [{"id": r.id, "source": r.source, "score": round(float(s), 6)}
+                                 for r, s in zip(pool, result.scores, strict=True)], indent=1, ensure_ascii=True)
     per_source = collections.Counter(r.source for r in chosen)
     print(f"influence: wrote {len(chosen):,} of {len(pool):,} records to {args.out} "
           f"(per source: {dict(per_source)})")

@@ -17,7 +17,6 @@ Records are written back as ``qa`` or ``lima`` JSON Lines, the latter ready for 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ from lima_jax.data.readers import (
     split_paths,
 )
 from lima_jax.errors import InputError
+from lima_jax.jsonl import write_jsonl
 
 QA_FIELDS = ("prompt", "response", "source", "id", "score", "history")
 FORMATS = ("qa", "lima", "alpaca", "fastchat", "openai")
@@ -177,15 +177,10 @@ def to_json(record: Record, fmt: str = "qa") -> dict[str, Any]:
 
 
 def write_records(path: str | pathlib.Path, records: Iterable[Record], fmt: str = "qa") -> int:
-    """Writes records as JSON Lines (UTF-8, one object per line); returns how many."""
+    """Writes records as JSON Lines (UTF-8, one object per line, atomically); returns how many."""
     if fmt not in WRITE_FORMATS:
         raise DataError("--output-format", f"unknown format {fmt!r}", f"choose one of {WRITE_FORMATS}",
                         "config")
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(to_json(record, fmt), ensure_ascii=False) + "\n")
-            count += 1
-    return count
+    rows = [to_json(record, fmt) for record in records]
+    write_jsonl(path, rows)
+    return len(rows)

@@ -28,6 +28,7 @@ from lima_jax.data.pipeline import build_pipeline
 _SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GOAL_TOKENS_PER_S = 120_000
 GOAL_EFFICIENCY = 0.95
+VERSIONS = ("grain", "sentencepiece", "numpy", "transformers", "tokenizers")  # stamped by lima_jax.bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,8 +127,6 @@ def _first_fit(examples: list, t: int) -> list[list[Any]]:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from lima_jax.bench import hardware, versions  # noqa: PLC0415 (the dispatcher imports us)
-
     for path in (args.data, args.tokenizer):
         if not pathlib.Path(path).is_file():
             raise SystemExit(f"error: {path} not found (pass --data and --tokenizer)")
@@ -136,8 +135,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     base_tps = baseline[0][1] / base_s
     common = {
         "benchmark": "data",
-        "hardware": hardware(),
-        "versions": versions(("grain", "sentencepiece", "numpy", "transformers", "tokenizers")),
         "baseline_name": "transformers LlamaTokenizer + plain Python first-fit packing",
         "baseline_tokens_per_s": round(base_tps),
         "baseline": f"{base_tps:,.0f} tokens/s (transformers LlamaTokenizer + Python packing loop)",

@@ -1,6 +1,6 @@
 """The data section of a run config (``config.data``) and its validation.
 
-Defaults are LIMA's (section 2 of DESIGN.md): LIMA template, 2,048-token rows, 32 examples per
+Defaults are LIMA's (the paper, section 3): LIMA template, 2,048-token rows, 32 examples per
 step, 15 epochs, loss on assistant tokens. Every error names the key (``config.data.<key>``).
 """
 

@@ -9,9 +9,10 @@ the examples. Generation is deterministic in the seed.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import random
+
+from lima_jax.jsonl import write_jsonl
 
 WORDS = (
     "apple river stone cloud tiger lemon piano rocket garden silver window candle forest "
@@ -66,12 +67,9 @@ def generate(train_size: int = 2000, held_out_size: int = 200, seed: int = 0):
     return train, held_out
 
 
-def write_jsonl(pairs, path: pathlib.Path, source: str) -> pathlib.Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for prompt, answer in pairs:
-            f.write(json.dumps({"conversations": [prompt, answer], "source": source}) + "\n")
-    return path
+def _write_pairs(pairs, path: pathlib.Path, source: str) -> pathlib.Path:
+    """(prompt, answer) pairs as LIMA JSONL records of `source`."""
+    return write_jsonl(path, ({"conversations": [prompt, answer], "source": source} for prompt, answer in pairs))
 
 
 def write_demo_data(directory: str | pathlib.Path, train_size: int = 2000,
@@ -79,5 +77,5 @@ def write_demo_data(directory: str | pathlib.Path, train_size: int = 2000,
     """Writes `train.jsonl` and `held_out.jsonl` into `directory`; returns their paths."""
     directory = pathlib.Path(directory)
     train, held_out = generate(train_size, held_out_size, seed)
-    return (write_jsonl(train, directory / "train.jsonl", "demo"),
-            write_jsonl(held_out, directory / "held_out.jsonl", "demo"))
+    return (_write_pairs(train, directory / "train.jsonl", "demo"),
+            _write_pairs(held_out, directory / "held_out.jsonl", "demo"))

@@ -12,7 +12,7 @@ decode-loop-only rate is reported beside it. Models: the stories260K checkpoint 
 `../shared/data` has it) and a ~134M-parameter random model (preset `100m`), at batch 1 and 16.
 
 On accelerators the record adds the bytes a decode step must read (parameters + the KV cache)
-and, where the chip's memory bandwidth is known (`PEAK_BANDWIDTH`), the bandwidth utilisation;
+and, where the chip's memory bandwidth is known (`lima_jax.chips`), the bandwidth utilisation;
 both are null on CPU, where no figure is claimed.
 """
 
@@ -29,14 +29,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from lima_jax.chips import peak_bandwidth
 from lima_jax.decode import Generator, SamplingConfig
 from lima_jax.model import Llama, get_preset
 
 GOAL_RATIO = 3.0
-STORIES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "checkpoints" / "stories260K-hf"
-# HBM bytes/s per device, by jax device_kind prefix (vendor data sheets).
-PEAK_BANDWIDTH = {"NVIDIA H200": 4.8e12, "NVIDIA H100": 3.35e12, "NVIDIA A100": 2.0e12,
-                  "TPU v5p": 2.76e12, "TPU v5 lite": 0.82e12, "TPU v4": 1.2e12}
+STORIES = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "checkpoints" / "stories260K-hf"
+VERSIONS = ("jax", "jaxlib", "flax", "torch", "transformers")  # stamped by lima_jax.bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="stories260K,100m", help="stories260K and/or 100m")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per side (median)")
     parser.add_argument("--torch-threads", default="", help="thread counts to try (default: all cores, 1)")
-
-
-def peak_bandwidth() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_BANDWIDTH.items() if kind.startswith(k)), None)
 
 
 def _models(names: list[str]):
@@ -172,17 +166,12 @@ def measure(label, model, hf, batch: int, prompt_len: int, new_tokens: int, repe
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from lima_jax.bench import hardware, versions  # here: the dispatcher imports us
-
-    common = {"hardware": hardware(),
-              "versions": versions(("jax", "jaxlib", "flax", "torch", "transformers"))}
     threads = tuple(int(t) for t in args.torch_threads.split(",")) if args.torch_threads else tuple(
         dict.fromkeys((os.cpu_count() or 1, 1)))
     rows = []
     for label, model, hf, default_new in _models(args.models.split(",")):
         generator = Generator(model)
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            rows.append({**common, **measure(label, model, hf, batch, args.prompt_len,
-                                             args.new_tokens or default_new, args.repeats, threads,
-                                             generator)})
+            rows.append(measure(label, model, hf, batch, args.prompt_len,
+                                args.new_tokens or default_new, args.repeats, threads, generator))
     return rows

@@ -9,26 +9,21 @@ Sampling defaults are LIMA's (top-p 0.9, temperature 0.7, repetition penalty 1.2
 tokens, at most 2,048 new tokens). ``--greedy`` is argmax with no repetition penalty unless
 ``--repetition-penalty`` is given. Each output line holds ``id``, ``sample``, ``prompt``,
 ``text``, ``tokens`` (generated ids, without the stop id), ``num_tokens`` and ``stop_reason``
-(``eot``, ``eos``, ``stop_string`` (URIAL), ``length`` or ``context``). An existing OUT is
-resumed: (id, sample) pairs already in it are skipped. Rows are batched longest prompt first;
-each row's sample depends only on (seed, id, sample), not on its batch.
+(``eot``, ``eos``, ``stop_string`` (URIAL), ``length``, ``context``, or ``prompt_too_long`` for
+an empty answer to a prompt that fills the model's context). An answer stops at EOS and at the
+template's end of turn (`lima_jax.decode.answer.stop_names`). An existing OUT is resumed:
+(id, sample) pairs already in it are skipped. Rows are batched longest prompt first; each row's
+sample depends only on (seed, id, sample), not on its batch. The work is
+`lima_jax.decode.answer.answer_file`, which library code calls directly.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import sys
 
 from lima_jax.cli import run_command
-from lima_jax.decode.generate import Generator
-from lima_jax.decode.prompts import (
-    DECODE_TEMPLATES,
-    cut_at_stop_strings,
-    encode_for_template,
-    read_prompts,
-)
+from lima_jax.decode.answer import answer_file
+from lima_jax.decode.prompts import DECODE_TEMPLATES
 from lima_jax.decode.sampling import SamplingConfig
 
 
@@ -84,97 +79,15 @@ def _parse_mesh(text: str):
     return make_mesh(sizes)
 
 
-def done_rows(out: pathlib.Path) -> set[tuple[str, int]]:
-    """(id, sample) pairs already in OUT; a torn last line (an interrupted write) is dropped."""
-    if not out.exists():
-        return set()
-    good, done = [], set()
-    for line in out.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            done.add((str(record["id"]), int(record["sample"])))
-            good.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    if len(good) != len(out.read_text(encoding="utf-8").splitlines()):
-        out.write_text("".join(line + "\n" for line in good), encoding="utf-8")
-    return done
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_command(_run, args)
 
 
 def _run(args) -> int:
-    from lima_jax.decode.load import load_for_decoding  # heavy imports after --help
-
-    for name in ("num_samples", "batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
-    sampling = sampling_from_args(args)
-    prompts = read_prompts(args.prompts)
-    if args.limit:
-        prompts = prompts[: args.limit]
-    mesh = _parse_mesh(args.mesh)
-    model, tokenizer = load_for_decoding(ckpt=args.ckpt, hf=args.hf, tokenizer=args.tokenizer,
-                                         dtype=args.dtype, add_eot=args.template in ("lima", "plain"),
-                                         mesh=mesh)
-    config = model.config
-    stop_names = {tokenizer.eos_id: "eos"}
-    if config.eot_token_id is not None:
-        stop_names[config.eot_token_id] = "eot"
-    elif args.template in ("lima", "plain"):
-        print(f"decode: warning: the model has no EOT token; template {args.template} answers "
-              "stop only at EOS or --max-new-tokens", file=sys.stderr)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_rows(out)
-    encoded = {p.id: encode_for_template(p.text, tokenizer, args.template) for p in prompts}
-    # A prompt that leaves no room to answer within the model's context gets an empty answer
-    # with stop_reason 'prompt_too_long' (counted on stderr), so no prompt goes missing.
-    too_long = {pid for pid, ids in encoded.items() if len(ids) >= config.max_seq_len}
-    rows = [(p, s) for p in prompts for s in range(args.num_samples) if (p.id, s) not in done]
-    if too_long:
-        print(f"decode: {len(too_long)} prompt(s) have max_seq_len={config.max_seq_len} tokens or "
-              f"more and get an empty answer (stop_reason prompt_too_long), e.g. "
-              f"{sorted(too_long)[:3]}", file=sys.stderr)
-        with out.open("a", encoding="utf-8") as f:
-            for prompt, sample in rows:
-                if prompt.id in too_long:
-                    f.write(json.dumps({
-                        "id": prompt.id, "sample": sample, "prompt": prompt.text, "text": "",
-                        "tokens": [], "num_tokens": 0, "stop_reason": "prompt_too_long",
-                    }, ensure_ascii=False) + "\n")
-        rows = [(p, s) for p, s in rows if p.id not in too_long]
-    rows.sort(key=lambda row: -len(encoded[row[0].id]))  # similar lengths share a batch
-    generator = Generator(model, mesh=mesh)
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(rows), unit="sample", disable=args.quiet, file=sys.stderr,
-               initial=0, desc="decode")
-    if done:
-        bar.write(f"decode: resuming {out}: {len(done)} answers there, {len(rows)} to go")
-    with out.open("a", encoding="utf-8") as f:
-        for start in range(0, len(rows), args.batch_size):
-            batch = rows[start:start + args.batch_size]
-            # Full batches only (one compile per prompt bucket): repeat the last row as filler.
-            filled = batch + [batch[-1]] * (args.batch_size - len(batch))
-            results = generator.generate(
-                [encoded[p.id] for p, _ in filled], sampling=sampling,
-                max_new_tokens=args.max_new_tokens, stop_ids=list(stop_names), seed=args.seed,
-                prompt_ids=[p.id for p, _ in filled], samples=[s for _, s in filled],
-                stop_names=stop_names)
-            for (prompt, sample), result in zip(batch, results):
-                text, cut = cut_at_stop_strings(tokenizer.decode(result.tokens), args.template)
-                f.write(json.dumps({
-                    "id": prompt.id, "sample": sample, "prompt": prompt.text, "text": text,
-                    "tokens": result.tokens, "num_tokens": len(result.tokens),
-                    "stop_reason": "stop_string" if cut else result.stop_reason,
-                }, ensure_ascii=False) + "\n")
-            f.flush()
-            new_tokens = sum(len(r.tokens) for r in results[: len(batch)])
-            bar.set_postfix(tok_s=f"{new_tokens / max(generator.timing.decode_s, 1e-9):.0f}")
-            bar.update(len(batch))
-    bar.close()
+    answer_file(args.prompts, args.out, ckpt=args.ckpt, hf=args.hf, tokenizer=args.tokenizer,
+                dtype=args.dtype, mesh=_parse_mesh(args.mesh), template=args.template,
+                sampling=sampling_from_args(args), max_new_tokens=args.max_new_tokens,
+                num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                limit=args.limit, progress=not args.quiet)
     return 0

@@ -4,7 +4,8 @@
 training run's step directory (``WORKDIR/checkpoints/<step>``) or the run's workdir (its
 latest step); from a training checkpoint only the parameters are read (an orbax partial
 restore: the optimizer state stays on disk), and the tokenizer comes from its ``meta``.
-``--hf DIR`` reads a Hugging Face LLaMA directory.
+``--hf DIR`` reads a Hugging Face LLaMA directory. `lima_jax.checkpoint.checkpoint_kind` tells
+the kinds apart.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ from __future__ import annotations
 import base64
 import pathlib
 
-import jax
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from lima_jax import sharding as sharding_lib
 from lima_jax.checkpoint import (
+    HF,
+    HF_CONFIG_FILE,
+    MODEL,
     MODEL_CONFIG_FILE,
     TOKENIZER_FILE,
-    TrainCheckpointer,
+    checkpoint_kind,
     load_model,
     load_model_config,
+    load_train_model,
+    read_train_meta,
+    train_step_dir,
 )
 from lima_jax.data.tokenizer import Tokenizer
 from lima_jax.errors import LimaError
@@ -41,41 +46,14 @@ def _param_shardings(config: LlamaConfig, mesh):
     return sharding_lib.state_shardings(state, mesh)
 
 
-def _train_step_dir(path: pathlib.Path) -> pathlib.Path | None:
-    """The step directory `path` names: itself, or a workdir's latest step."""
-    if (path / "state").is_dir():
-        return path
-    checkpoints = path / "checkpoints"
-    if checkpoints.is_dir():
-        steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-        if steps:
-            return checkpoints / str(steps[-1])
-    return None
-
-
 def _load_train_checkpoint(step_dir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
-    checkpointer = TrainCheckpointer(step_dir.parent, async_save=False)
-    step = int(step_dir.name)
-    meta = checkpointer.read_meta(step)
+    meta = read_train_meta(step_dir)
     config = LlamaConfig.from_dict(meta["model_config"])
     if dtype:
         config = config.replace(dtype=dtype)
-    graphdef, abstract_state = nnx.split(abstract_model(config))
-    pure = nnx.to_pure_dict(abstract_state)
-    shardings = _param_shardings(config, mesh)
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        sharding_pure = jax.tree.map(lambda _: device, pure)
-    else:
-        sharding_pure = nnx.to_pure_dict(shardings)
-    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), sharding_pure)
-    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item={"params": pure}, restore_args={"params": restore_args},
-                                     partial_restore=True)))
-    checkpointer.close()
-    nnx.replace_by_pure_dict(abstract_state, restored["state"]["params"])
+    model = load_train_model(step_dir, config, shardings=_param_shardings(config, mesh))
     tokenizer = Tokenizer(base64.b64decode(meta["tokenizer_model_b64"]), meta.get("tokenizer_path", ""))
-    return nnx.merge(graphdef, abstract_state), tokenizer
+    return model, tokenizer
 
 
 def _tokenizer(path: pathlib.Path | None, where: pathlib.Path) -> Tokenizer:
@@ -95,8 +73,8 @@ def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokeniz
         raise LoadError("give exactly one of --ckpt DIR or --hf DIR")
     if hf is not None:
         path = pathlib.Path(hf)
-        if not (path / "config.json").is_file():
-            raise LoadError(f"--hf {path}: no config.json; expected a Hugging Face LLaMA directory")
+        if not (path / HF_CONFIG_FILE).is_file():
+            raise LoadError(f"--hf {path}: no {HF_CONFIG_FILE}; expected a Hugging Face LLaMA directory")
         param_dtype = dtype or "float32"
         config = load_hf_config(path, param_dtype=param_dtype, dtype=param_dtype)
         if add_eot:
@@ -104,15 +82,24 @@ def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokeniz
         model = from_hf(path, param_dtype, add_eot=add_eot, shardings=_param_shardings(config, mesh))
         return model, _tokenizer(tok_path, path)
     path = pathlib.Path(ckpt)
-    if (path / MODEL_CONFIG_FILE).is_file():
+    if checkpoint_kind(path) == MODEL:
         overrides = {"dtype": dtype} if dtype else {}
         config = load_model_config(path).replace(**overrides)
         model = load_model(path, shardings=_param_shardings(config, mesh), **overrides)
         return model, _tokenizer(tok_path, path)
-    step_dir = _train_step_dir(path)
+    step_dir = train_step_dir(path)
     if step_dir is None:
         raise LoadError(
             f"--ckpt {path}: neither a model checkpoint ({MODEL_CONFIG_FILE} + params/) nor a "
             "training step directory (state/, meta/) nor a workdir with checkpoints/<step>/")
     model, tok = _load_train_checkpoint(step_dir, mesh, dtype)
     return model, (Tokenizer.load(tok_path) if tok_path else tok)
+
+
+def load_any(path: str, *, tokenizer: str | None = None, dtype: str | None = None,
+             add_eot: bool = False, mesh=None) -> tuple[Llama, Tokenizer]:
+    """(model, tokenizer) from a directory of any kind: a Hugging Face directory is read as
+    ``--hf``, anything else as ``--ckpt`` (see `load_for_decoding`)."""
+    hf = checkpoint_kind(path) == HF
+    return load_for_decoding(ckpt=None if hf else path, hf=path if hf else None, tokenizer=tokenizer,
+                             dtype=dtype, add_eot=add_eot, mesh=mesh)

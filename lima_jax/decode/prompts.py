@@ -18,13 +18,13 @@ is a decode-time prompt only. A URIAL answer ends where the model starts a new `
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 from lima_jax.data.readers import USER, Turn
 from lima_jax.data.templates import TEMPLATES, encode_prompt
 from lima_jax.data.tokenizer import Tokenizer
-from lima_jax.errors import LimaError
+from lima_jax.errors import InputError, LimaError
+from lima_jax.jsonl import read_jsonl
 
 DECODE_TEMPLATES = TEMPLATES + ("urial",)
 ID_FIELDS = ("id", "question_id", "idx")
@@ -73,28 +73,18 @@ def prompt_text(record: dict, where: str) -> str:
 
 def read_prompts(path: str | pathlib.Path) -> list[Prompt]:
     """Every prompt of a JSON Lines file, in order; ids must be unique."""
-    path = pathlib.Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise PromptError(f"{path}: cannot read the prompt file ({e.strerror})") from None
     prompts, seen = [], {}
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        where = f"{path}:{number + 1}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise PromptError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
-        key = next((f for f in ID_FIELDS if f in record), None)
-        prompt_id = str(record[key]) if key else str(number)
-        if prompt_id in seen:
-            raise PromptError(f"{where}: id {prompt_id!r} already used on line {seen[prompt_id]}")
-        seen[prompt_id] = number + 1
-        prompts.append(Prompt(prompt_id, prompt_text(record, where)))
+    try:
+        for where, record in read_jsonl(path):
+            number = int(where.rpartition(":")[2])  # read_jsonl's where is "path:line"
+            key = next((f for f in ID_FIELDS if f in record), None)
+            prompt_id = str(record[key]) if key else str(number - 1)
+            if prompt_id in seen:
+                raise PromptError(f"{where}: id {prompt_id!r} already used on line {seen[prompt_id]}")
+            seen[prompt_id] = number
+            prompts.append(Prompt(prompt_id, prompt_text(record, where)))
+    except InputError as e:  # unreadable, not JSON, not an object: still a prompt-file error
+        raise PromptError(e.what, where=e.where, hint=e.hint) from None
     return prompts
 
 

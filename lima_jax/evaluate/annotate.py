@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import pathlib
 import random
 import threading
@@ -17,6 +16,7 @@ import time
 from lima_jax.evaluate.annotation_page import PAGE
 from lima_jax.evaluate.pairwise import table_markdown, win_table
 from lima_jax.evaluate.responses import Response
+from lima_jax.jsonl import append_jsonl, read_jsonl, write_json, write_text_atomic
 
 
 class AnnotationStudy:
@@ -34,13 +34,10 @@ class AnnotationStudy:
         self._lock = threading.Lock()
         out.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:  # a torn last line (killed mid-write) is that item not yet judged
-                    record = json.loads(line)
-                    if record["id"] in self.pairs:
-                        self.verdicts[record["id"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+            # A torn last line (killed mid-write) is skipped: that item is not yet judged.
+            for _, record in read_jsonl(self.path, skip_invalid=True):
+                if isinstance(record.get("id"), str) and record["id"] in self.pairs:
+                    self.verdicts[record["id"]] = record
 
     def state(self) -> dict:
         with self._lock:
@@ -64,14 +61,11 @@ class AnnotationStudy:
         record = {"id": item_id, "sample": a.sample, "verdict": verdict, "judge": f"human:{self.annotator}",
                   "annotator": self.annotator, "left": left, "choice": choice, "time": time.time()}
         with self._lock:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(self.path, [record], durable=True)
             self.verdicts[item_id] = record
             table = win_table(list(self.verdicts.values()), a_name=self.a_name, b_name=self.b_name)
-            (self.out / "table.md").write_text(table_markdown([table]), encoding="utf-8")
-            (self.out / "table.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+            write_text_atomic(self.out / "table.md", table_markdown([table]))
+            write_json(self.out / "table.json", table, ensure_ascii=True)
         return self.state()
 
 

@@ -1,13 +1,14 @@
-"""On-disk cache of judge replies: one JSON line per request, appended and flushed as soon as the
+"""On-disk cache of judge replies: one JSON line per request, appended and fsynced as soon as the
 reply arrives, so a rerun costs nothing and an interrupted study resumes where it stopped."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 import threading
+
+from lima_jax.jsonl import append_jsonl, read_jsonl
 
 
 def request_key(judge_id: str, messages: list[dict]) -> str:
@@ -24,12 +25,10 @@ class ReplyCache:
         self._lock = threading.Lock()
         self._replies: dict[str, str] = {}
         if self.path and self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:  # a torn last line (killed mid-write) is simply asked again
-                    record = json.loads(line)
+            # A torn last line (killed mid-write) is skipped, and its request simply asked again.
+            for _, record in read_jsonl(self.path, skip_invalid=True):
+                if isinstance(record.get("key"), str) and "reply" in record:
                     self._replies[record["key"]] = record["reply"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
 
     def __len__(self) -> int:
         return len(self._replies)
@@ -42,8 +41,4 @@ class ReplyCache:
         with self._lock:
             self._replies[key] = reply
             if self.path:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                append_jsonl(self.path, [{"key": key, "reply": reply}], durable=True)

@@ -28,6 +28,7 @@ from lima_jax.evaluate.agreement import agreement
 from lima_jax.evaluate.cache import ReplyCache
 from lima_jax.evaluate.judges import JudgeOptions, make_judge
 from lima_jax.evaluate.responses import pair_responses, read_responses
+from lima_jax.jsonl import read_json, write_json, write_jsonl, write_text_atomic
 
 
 def _judge_args(p: argparse.ArgumentParser) -> None:
@@ -95,9 +96,8 @@ def _select(args) -> int:
 
     result = select_checkpoint(
         args.workdir, parse_epochs(args.epochs), args.dev, make_judge(args.judge, _options(args)),
-        args.out, quiet=args.quiet,
-        decode_args=["--max-new-tokens", str(args.max_new_tokens), "--template", args.template,
-                     "--seed", str(args.seed)])
+        args.out, quiet=args.quiet, template=args.template, max_new_tokens=args.max_new_tokens,
+        seed=args.seed)
     print(result["markdown"], end="")
     return 0 if result["best"] is not None else 1
 
@@ -151,11 +151,9 @@ def _score(args) -> int:
             r["system"] = system
         all_records += records
         summaries.append(scale.scale_summary(records, system))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scores.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in all_records),
-                                      encoding="utf-8")
-    (out / "scores.md").write_text(scale.scale_markdown(summaries), encoding="utf-8")
-    (out / "scores.json").write_text(json.dumps(summaries, indent=2) + "\n", encoding="utf-8")
+    write_jsonl(out / "scores.jsonl", all_records)
+    write_text_atomic(out / "scores.md", scale.scale_markdown(summaries))
+    write_json(out / "scores.json", summaries, ensure_ascii=True)
     print(scale.scale_markdown(summaries), end="")
     skips: dict[str, int] = {}
     for s in summaries:
@@ -173,7 +171,7 @@ def _verdict_file(path: str) -> pathlib.Path:
 def _study_names(path: pathlib.Path) -> tuple[str, str]:
     meta = path.parent / "table.json"
     if meta.is_file():
-        t = json.loads(meta.read_text(encoding="utf-8"))
+        t = read_json(meta)
         return t["a"], t["b"]
     return "A", path.parent.name or "B"
 
@@ -186,9 +184,8 @@ def _table(args) -> int:
         a, b = _study_names(path)
         tables.append(pairwise.win_table(pairwise.read_verdicts(path), a_name=a, b_name=b))
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(pairwise.table_markdown(tables), encoding="utf-8")
-    (out / "table.json").write_text(json.dumps(tables, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / "table.md", pairwise.table_markdown(tables))
+    write_json(out / "table.json", tables, ensure_ascii=True)
     plot_win_rates(tables, out / "winrate.png", title=args.title)
     print(pairwise.table_markdown(tables), end="")
     return 0

@@ -7,7 +7,6 @@ kept in the verdict file with its raw replies, so nothing judged is lost."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from lima_jax.errors import InputError
@@ -16,6 +15,7 @@ from lima_jax.evaluate.cache import ReplyCache
 from lima_jax.evaluate.judges import Judge
 from lima_jax.evaluate.responses import Response
 from lima_jax.evaluate.runner import ask_all
+from lima_jax.jsonl import read_jsonl, write_json, write_jsonl, write_text_atomic
 
 VERDICTS = ("a", "tie", "b")
 
@@ -95,24 +95,24 @@ def read_verdicts(path: str | pathlib.Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no verdict file")
     latest: dict[str, dict] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            record["id"] = str(record["id"])
-            if record["verdict"] not in VERDICTS + ("skipped",):
-                raise InputError(f"verdict {record['verdict']!r}")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{path}:{number}: not a verdict record ({e})") from e
+    for where, record in read_jsonl(path):
+        _check_verdict(record, where)
         latest[record["id"]] = record
     return list(latest.values())
 
 
+def _check_verdict(record: dict, where: str) -> None:
+    """Makes the record's id a string; raises an InputError unless it is a verdict record."""
+    try:
+        record["id"] = str(record["id"])
+        if record["verdict"] not in VERDICTS + ("skipped",):
+            raise InputError(f"verdict {record['verdict']!r}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"not a verdict record ({e})", where=where) from e
+
+
 def write_pairwise(out: pathlib.Path, records: list[dict], table: dict) -> None:
     """verdicts.jsonl, table.md and table.json in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "verdicts.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    (out / "table.md").write_text(table_markdown([table]), encoding="utf-8")
-    (out / "table.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    write_jsonl(out / "verdicts.jsonl", records)
+    write_text_atomic(out / "table.md", table_markdown([table]))
+    write_json(out / "table.json", table, ensure_ascii=True)

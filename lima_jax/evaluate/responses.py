@@ -6,10 +6,14 @@ otherwise see one answer twice), empty answers are kept but flagged so the calle
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
+from collections.abc import Iterator
+from typing import Any
 
-from lima_jax.errors import LimaError
+from lima_jax.errors import InputError, LimaError
+from lima_jax.jsonl import read_jsonl
+
+TORN_LINE_HINT = "a torn last line? rerun decode to resume it"
 
 
 class ResponseError(LimaError, ValueError):
@@ -30,29 +34,31 @@ def read_responses(path: str | pathlib.Path) -> dict[tuple[str, int], Response]:
     if not path.is_file():
         raise ResponseError(f"{path}: no such response file")
     rows: dict[tuple[str, int], Response] = {}
-    lines_of: dict[tuple[str, int], int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ResponseError(f"{where}: not JSON ({e.msg}); a torn last line? rerun decode to resume it") from e
+    first_line: dict[tuple[str, int], str] = {}
+    for where, record in _records(path):
         if not isinstance(record, dict) or "id" not in record or "text" not in record:
             raise ResponseError(f"{where}: expected an object with 'id' and 'text' (a decode output line)")
         key = (str(record["id"]), int(record.get("sample", 0)))
         if key in rows:
             raise ResponseError(f"{where}: duplicate id {key[0]!r} sample {key[1]} (first on line "
-                                f"{lines_of[key]}); each (id, sample) must appear once")
+                                f"{first_line[key]}); each (id, sample) must appear once")
         text = record["text"]
         if not isinstance(text, str):
             raise ResponseError(f"{where}: 'text' must be a string, got {type(text).__name__}")
         rows[key] = Response(key[0], key[1], str(record.get("prompt", "")), text)
-        lines_of[key] = number
+        first_line[key] = where.rpartition(":")[2]  # the line number of "path:line"
     if not rows:
         raise ResponseError(f"{path}: no responses")
     return rows
+
+
+def _records(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
+    """("path:line", record) of every line; a line that is not JSON is a ResponseError."""
+    try:
+        yield from read_jsonl(path, objects_only=False)
+    except InputError as err:
+        at_a_line = err.where != str(path)  # a line cut short, not a file that is not text
+        raise ResponseError(err.what, where=err.where, hint=TORN_LINE_HINT if at_a_line else "") from None
 
 
 def pair_responses(a: dict, b: dict, *, sample: int = 0, a_name: str = "A", b_name: str = "B",

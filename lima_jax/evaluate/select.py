@@ -1,22 +1,25 @@
 """Epoch checkpoint selection: LIMA picked its checkpoint between epochs 5 and 10 by the
 quality of generations on a held-out dev set, not by perplexity.
 
-`evaluate select --workdir RUN --epochs 5-10 --dev FILE --judge SPEC --out DIR` decodes the
-dev prompts with each epoch's checkpoint (`python -m lima_jax.decode`, LIMA's sampling),
-grades every answer on the 1-6 helpfulness scale, and names the epoch with the best mean.
-The training run records where each epoch ends in `RUN/epochs.json`.
+`evaluate select --workdir RUN --epochs 5-10 --dev FILE --judge SPEC --out DIR` answers the
+dev prompts with each epoch's checkpoint (`lima_jax.decode.answer_file`, LIMA's sampling by
+default), grades every answer on the 1-6 helpfulness scale, and names the epoch with the best
+mean. The training run records where each epoch ends in `RUN/epochs.json`
+(`lima_jax.checkpoint.epoch_checkpoint`).
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 
-from lima_jax.errors import InputError
+from lima_jax.checkpoint import epoch_checkpoint
+from lima_jax.decode.sampling import SamplingConfig
+from lima_jax.errors import InputError, LimaError
 from lima_jax.evaluate import scale
 from lima_jax.evaluate.cache import ReplyCache
 from lima_jax.evaluate.judges import Judge
-from lima_jax.evaluate.responses import ResponseError, read_responses
+from lima_jax.evaluate.responses import read_responses
+from lima_jax.jsonl import write_json
 
 
 def parse_epochs(text: str) -> list[int]:
@@ -36,25 +39,16 @@ def parse_epochs(text: str) -> list[int]:
 
 def epoch_checkpoints(workdir: pathlib.Path, epochs: list[int]) -> dict[int, pathlib.Path | None]:
     """Each epoch's checkpoint directory (None where it was not kept)."""
-    record = workdir / "epochs.json"
-    if not record.is_file():
-        raise ResponseError(f"{record}: missing; is {workdir} a lima_jax training workdir?")
-    ends = json.loads(record.read_text())["epoch_end_steps"]
-    found = {}
-    for epoch in epochs:
-        if epoch > len(ends):
-            raise InputError(f"--epochs: the run has {len(ends)} epochs, not {epoch}")
-        step_dir = workdir / "checkpoints" / str(ends[epoch - 1])
-        found[epoch] = step_dir if step_dir.is_dir() else None
-    return found
+    return {epoch: epoch_checkpoint(workdir, epoch) for epoch in epochs}
 
 
 def select_checkpoint(workdir: str | pathlib.Path, epochs: list[int], dev: str, judge: Judge,
-                      out: str | pathlib.Path, *, decode_args: list[str] = (),
-                      quiet: bool = True) -> dict:
-    """Decodes, grades and ranks the epochs' checkpoints; writes select.md/json into `out`."""
-    from lima_jax.decode.cli import main as decode_main
-
+                      out: str | pathlib.Path, *, template: str = "lima",
+                      sampling: SamplingConfig | None = None, max_new_tokens: int = 2048,
+                      seed: int = 0, quiet: bool = True) -> dict:
+    """Answers `dev` with each epoch's checkpoint (into `out`/epoch_<n>.jsonl, resumed when it
+    exists), grades and ranks them; writes select.md/json into `out`. `sampling` defaults to
+    LIMA's."""
     workdir, out = pathlib.Path(workdir), pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = ReplyCache(out / "judge_cache.jsonl")
@@ -64,10 +58,8 @@ def select_checkpoint(workdir: str | pathlib.Path, epochs: list[int], dev: str, 
             missing.append(epoch)
             continue
         answers = out / f"epoch_{epoch}.jsonl"
-        code = decode_main(["--ckpt", str(step_dir), "--prompts", dev, "--out", str(answers),
-                            "--quiet", *decode_args])
-        if code:
-            raise InputError(f"decoding epoch {epoch} ({step_dir}) failed with exit status {code}")
+        _answer_dev(dev, answers, step_dir, epoch, template=template, sampling=sampling,
+                    max_new_tokens=max_new_tokens, seed=seed)
         records = scale.run_scale(list(read_responses(answers).values()), judge, cache, quiet=quiet)
         summary = scale.scale_summary(records, f"epoch {epoch}")
         summary.update(epoch=epoch, step=int(step_dir.name), checkpoint=str(step_dir))
@@ -84,6 +76,16 @@ def select_checkpoint(workdir: str | pathlib.Path, epochs: list[int], dev: str, 
     if missing:
         table += f"Not kept (no checkpoint): epochs {missing}\n"
     (out / "select.md").write_text(table, encoding="utf-8")
-    (out / "select.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "select.json", result)
     result["markdown"] = table
     return result
+
+
+def _answer_dev(dev: str, answers: pathlib.Path, step_dir: pathlib.Path, epoch: int, **settings) -> None:
+    """One epoch's answers to the dev prompts; a failure names the epoch and its checkpoint."""
+    from lima_jax.decode import answer_file
+
+    try:
+        answer_file(dev, answers, ckpt=str(step_dir), **settings)
+    except (LimaError, FileNotFoundError) as err:
+        raise InputError(f"decoding epoch {epoch} ({step_dir}) failed: {err}") from err

@@ -31,12 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lima_jax.chips import peak_flops_per_device
 from lima_jax.kernels.blocks import BlockSizes
 from lima_jax.kernels.flash_attention import default_backend, flash_attention
-from lima_jax.train.metrics import peak_flops_per_device
 
 TOKENS_PER_CALL = 16384
 SEGMENTS_PER_ROW = 4
+# Stamped on every row by lima_jax.bench: the timed device leads the hardware.
+VERSIONS = ("jax", "jaxlib", "jax-cuda13-plugin", "libtpu")
+DEVICE_IN_HARDWARE = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +122,7 @@ def measure(t: int, n: int, k: int, h: int, *, packed: bool, impls: dict, repeat
     return out
 
 
-def _rows(results: list[dict], t: int, n: int, k: int, h: int, packed: bool, common: dict,
+def _rows(results: list[dict], t: int, n: int, k: int, h: int, packed: bool,
           record: bool, dtype_name: str) -> list[dict[str, Any]]:
     peak = peak_flops_per_device()
     rows = []
@@ -136,7 +139,7 @@ def _rows(results: list[dict], t: int, n: int, k: int, h: int, packed: bool, com
         config = (f"{'packed x' + str(SEGMENTS_PER_ROW) if packed else 'unpacked'} causal, "
                   f"T {t}, N {n}, K {k}, H {h}, {dtype_name}, B {ours['batch'] if ours else '?'}")
         row = {"name": f"attention {label} {'packed' if packed else 'unpacked'} T{t} K{k}",
-               "benchmark": "attention", "config": config, "record": record, **common,
+               "benchmark": "attention", "config": config, "record": record,
                "pass": label, "implementations": {name: {key: r[key] for key in
                                                          ("tflops", "seconds", "compile_s", "temp_bytes")}
                                                   for name, r in by_impl.items()},
@@ -154,16 +157,11 @@ def _rows(results: list[dict], t: int, n: int, k: int, h: int, packed: bool, com
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from lima_jax.bench import hardware, versions  # here: the dispatcher imports us
-
     platform = default_backend()
     if platform is None and not args.smoke:
         raise SystemExit("bench attention: no GPU or TPU here; the kernels can only be timed on "
                          "one (use --smoke to check the benchmark on CPU with tiny shapes)")
     blocks = BlockSizes(*map(int, args.block_sizes.split(","))) if args.block_sizes else None
-    device = jax.devices()[0]
-    common = {"hardware": f"{device.device_kind} ({hardware()})",
-              "versions": versions(("jax", "jaxlib", "jax-cuda13-plugin", "libtpu"))}
     if args.smoke:
         shapes, n, h, repeats, tokens, dtype = [(256, 4)], 8, 64, 1, 256, jnp.float32
     else:
@@ -175,6 +173,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for packed in (False, True):
             results = measure(t, n, k, h, packed=packed, impls=impls, repeats=repeats,
                               dtype=dtype, tokens=tokens)
-            rows.extend(_rows(results, t, n, k, h, packed, common, record=not args.smoke,
+            rows.extend(_rows(results, t, n, k, h, packed, record=not args.smoke,
                               dtype_name=jnp.dtype(dtype).name))
     return rows

@@ -136,6 +136,11 @@ def tile_is_visible(q_lo, q_hi, kv_lo, kv_hi, q_block, kv_block, block_q: int, b
     return visible
 
 
+# The logit of a pair that may not attend: far below any real logit, yet finite, so a fully
+# masked tile row gives exp() == 0 instead of the NaN that -inf - (-inf) would.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
 def pair_mask(q_index, kv_index, q_seg, kv_seg, causal: bool, segments: bool):
     """In-kernel: which (query, key) pairs of a tile are visible, or None when all are.
     The arguments broadcast to the tile's shape (either orientation)."""

@@ -20,10 +20,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from lima_jax.kernels.blocks import BlockPlan, pair_mask, plan_by_key, plan_by_query
+from lima_jax.kernels.blocks import MASK_VALUE, BlockPlan, pair_mask, plan_by_key, plan_by_query
 
 LAYOUT = "BTNH"
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def _compiler_params(head_dim: int, num_stages: int = 2):

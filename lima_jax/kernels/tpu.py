@@ -25,6 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from lima_jax.kernels.blocks import (
+    MASK_VALUE,
     BlockPlan,
     pair_mask,
     plan_by_key,
@@ -34,7 +35,6 @@ from lima_jax.kernels.blocks import (
 
 LAYOUT = "BNTH"
 LANES = 128
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _NT = (((1,), (1,)), ((), ()))  # contract the last dims: x @ y.T
 
 

@@ -1,6 +1,6 @@
 """The model's attention implementations, chosen by `LlamaConfig.attention`.
 
-* 'xla': plain jnp (`layers.xla_attention`) with a [B, T, T] mask from positions and
+* 'xla': plain jnp (`kernels.reference.masked_attention`) with a [B, T, T] mask from positions and
   segments; runs anywhere, and is the reference.
 * 'pallas': the flash-attention kernels of `lima_jax.kernels` (Triton on GPU, Mosaic on
   TPU, the TPU kernel in interpret mode on CPU), under `shard_map` in a sharded step.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from lima_jax.model.layers import attention_mask, xla_attention
+from lima_jax.kernels.reference import attention_mask, masked_attention
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas", "cudnn")
 PALLAS_HEAD_DIMS = (64, 128)
@@ -79,4 +79,4 @@ def make_attend(implementation: str, segment_ids: jax.Array | None, positions: j
         return lambda q, k, v: cudnn_attention(q, k, v, ids)
     ids = jnp.ones(positions.shape, jnp.int32) if segment_ids is None else segment_ids
     mask_bts = attention_mask(ids, ids, positions, positions)
-    return lambda q, k, v: xla_attention(q, k, v, mask_bts)
+    return lambda q, k, v: masked_attention(q, k, v, mask_bts)

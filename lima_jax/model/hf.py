@@ -288,7 +288,7 @@ def _place(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Arr
 
 def append_vocab_rows(table_vd: np.ndarray, real_rows: int, added_rows: int, padded_rows: int) -> np.ndarray:
     """[V_real, D] -> [V_padded, D]: added rows (EOT) are the mean of the real rows
-    (DESIGN.md section 2), padding rows are zero."""
+    (as LIMA adds its EOT token), padding rows are zero."""
     out = np.zeros((padded_rows, table_vd.shape[1]), dtype=table_vd.dtype)
     out[:real_rows] = table_vd
     if added_rows:

@@ -22,12 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lima_jax.model.layers import (
-    attention_mask,
-    rope_cos_sin,
-    rope_inverse_frequencies,
-    xla_attention,
-)
+from lima_jax.kernels.reference import attention_mask, masked_attention
+from lima_jax.model.layers import rope_cos_sin, rope_inverse_frequencies
 from lima_jax.model.llama import Llama
 
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
@@ -82,7 +78,7 @@ def prefill(model: Llama, tokens_bt: jax.Array, cache_length: int,
 
     def body(x_btd, block, _):
         def attend(q, k_btkh, v_btkh):
-            return xla_attention(q, k_btkh, v_btkh, mask_bts), (k_btkh, v_btkh)
+            return masked_attention(q, k_btkh, v_btkh, mask_bts), (k_btkh, v_btkh)
 
         return block.with_attend(x_btd, cos_bth, sin_bth, attend)
 
@@ -114,7 +110,7 @@ def decode_step(model: Llama, tokens_b: jax.Array, positions_b: jax.Array,
         def attend(q, k_btkh, v_btkh):
             k_new = k_cache.at[layer, rows_b, positions_b].set(k_btkh[:, 0], mode="drop")
             v_new = v_cache.at[layer, rows_b, positions_b].set(v_btkh[:, 0], mode="drop")
-            return xla_attention(q, k_new[layer], v_new[layer], mask_bts), (k_new, v_new)
+            return masked_attention(q, k_new[layer], v_new[layer], mask_bts), (k_new, v_new)
 
         x_btd, (k_cache, v_cache) = block.with_attend(x_btd, cos_bth, sin_bth, attend)
         return (x_btd, k_cache, v_cache), None

@@ -1,8 +1,8 @@
 """The LLaMA building blocks in Flax NNX: RMSNorm, rotary embeddings (with
 Llama 3.1 scaling), grouped-query attention and the SwiGLU MLP.
 
-Every parameter is an `nnx.Param` carrying `logical_axes` metadata (names from
-DESIGN.md section 4); `lima_jax.sharding` maps those names to mesh axes, so no
+Every parameter is an `nnx.Param` carrying `logical_axes` metadata (the names of the sharding rules,
+README "Sharding"); `lima_jax.sharding` maps those names to mesh axes, so no
 mesh axis name appears here.
 """
 
@@ -89,39 +89,6 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
     sin = sin_bth[:, :, None, :]
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x_btnh.dtype)
-
-
-def attention_mask(
-    q_segment_ids: jax.Array,
-    kv_segment_ids: jax.Array,
-    q_positions: jax.Array,
-    kv_positions: jax.Array,
-) -> jax.Array:
-    """[B, T, S] bool: a query sees a key of its own segment at or before its position.
-
-    Packed examples never see each other; padding (segment 0) sees only padding,
-    which keeps its softmax finite.
-    """
-    same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
-    return same_segment & causal
-
-
-def xla_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array) -> jax.Array:
-    """Plain jnp grouped-query attention; the reference the Pallas kernels match.
-
-    K/V heads are shared by G = N/K query heads through a reshape, never repeated.
-    Logits and softmax are float32. Returns [B, T, N, H] in q's dtype.
-    """
-    b, t, n, h = q_btnh.shape
-    k = k_bskh.shape[2]
-    q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh, preferred_element_type=jnp.float32)
-    logits = logits / math.sqrt(h)
-    logits = jnp.where(mask_bts[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v_bskh.dtype)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, n, h).astype(q_btnh.dtype)
 
 
 class Attention(nnx.Module):

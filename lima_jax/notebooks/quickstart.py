@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
 import math
 import os
 import pathlib
@@ -18,13 +17,13 @@ from collections.abc import Sequence
 
 import jax
 
-from lima_jax.data.readers import USER, Turn, read_conversations
-from lima_jax.data.templates import encode_prompt, end_of_turn_id
+from lima_jax.data.readers import USER, read_conversations
 from lima_jax.data.tokenizer import Tokenizer
-from lima_jax.decode import Generator, SamplingConfig
+from lima_jax.decode import Answerer, SamplingConfig, encode_for_template
+from lima_jax.jsonl import write_jsonl
 
 # Models the notebook offers when none is named: karpathy's llama2.c TinyStories models
-# (public, Llama-architecture, MIT) through `lima_jax.convert`; the Llama 2 tokenizer they
+# (public, Llama-architecture, MIT) through `lima_jax.model.llama2c`; the Llama 2 tokenizer they
 # were trained with is the one in the llama2.c repository.
 TINYLLAMAS = "karpathy/tinyllamas"
 LLAMA2C_TOKENIZER_URL = "https://raw.githubusercontent.com/karpathy/llama2.c/master/tokenizer.model"
@@ -32,7 +31,7 @@ DEFAULT_MODELS = {"cpu": "llama2c:stories15M.bin", "gpu": "llama2c:stories110M.b
                   "tpu": "llama2c:stories110M.bin"}
 HF_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
             "tokenizer.model"]
-# LIMA's batch (examples per step) for smaller models (section 2 of DESIGN.md), and what a
+# LIMA's batch (examples per step) for smaller models (the LIMA paper, section 2), and what a
 # Colab CPU can take in minutes.
 LIMA_BATCH = 64
 CPU_BATCH = 8
@@ -101,12 +100,12 @@ def fetch_model(source: str, workdir: str | os.PathLike, *, tokenizer: str = "")
 
     - a local directory with config.json and safetensors (an uploaded model);
     - `llama2c:FILE.bin`: a llama2.c checkpoint, local or in the hub repo karpathy/tinyllamas,
-      converted with `lima_jax.convert` (tokenizer: a local tokenizer.model or URL; default
+      converted with `lima_jax.model.llama2c` (tokenizer: a local tokenizer.model or URL; default
       the Llama 2 tokenizer of the llama2.c repository, or tok512 for stories260K);
     - a hub repo id such as `meta-llama/Llama-2-7b-hf` (gated repos need `huggingface-cli
       login` first), of which only the config, safetensors and tokenizer are downloaded.
     """
-    from lima_jax.convert import llama2c_to_hf
+    from lima_jax.model.llama2c import llama2c_to_hf
 
     workdir = pathlib.Path(workdir)
     local = pathlib.Path(source)
@@ -231,15 +230,12 @@ def write_subset(path: str, out: str | os.PathLike, limit: int = 0, *, tfds_data
     else:
         conversations = read_conversations(path).conversations
         conversations = conversations[:limit] if limit else conversations
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        for c in conversations:
-            if c.turns and c.turns[0].role != USER:
-                raise ValueError(f"{path}: conversation {c.id} does not start with a user turn; "
-                                 "LIMA's format alternates user and assistant from the user")
-            f.write(json.dumps({"conversations": [t.text for t in c.turns], "source": c.source}) + "\n")
-    return out
+    for c in conversations:
+        if c.turns and c.turns[0].role != USER:
+            raise ValueError(f"{path}: conversation {c.id} does not start with a user turn; "
+                             "LIMA's format alternates user and assistant from the user")
+    return write_jsonl(out, ({"conversations": [t.text for t in c.turns], "source": c.source}
+                             for c in conversations))
 
 
 # --------------------------------------------------------------------------- answers
@@ -247,8 +243,10 @@ def write_subset(path: str, out: str | os.PathLike, limit: int = 0, *, tfds_data
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
+    """One answer as the before/after table shows it."""
+
     text: str
-    stop_reason: str  # eot | eos | length | context
+    stop_reason: str  # eot | eos | stop_string | length | context
     tokens: int
 
 
@@ -256,7 +254,7 @@ def short_prompts(prompts: Sequence[str], tokenizer: Tokenizer, count: int, max_
                   template: str = "lima") -> list[str]:
     """The first `count` prompts whose templated ids fit in `max_tokens` (leaving the rest of a
     small model's context for the answer)."""
-    fitting = [p for p in prompts if len(encode_prompt([Turn(USER, p)], tokenizer, template)) <= max_tokens]
+    fitting = [p for p in prompts if len(encode_for_template(p, tokenizer, template)) <= max_tokens]
     if len(fitting) < count:
         raise ValueError(f"only {len(fitting)} of {len(prompts)} prompts fit in {max_tokens} tokens; "
                          f"{count} were asked for (ask for fewer, or give shorter prompts)")
@@ -266,18 +264,15 @@ def short_prompts(prompts: Sequence[str], tokenizer: Tokenizer, count: int, max_
 def answer(model, tokenizer: Tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 128,
            sampling: SamplingConfig | None = None, template: str = "lima", seed: int = 0) -> list[Answer]:
     """Each prompt answered as a single user turn under `template` (LIMA's decoding by
-    default), stopping at the template's end of turn or EOS."""
-    sampling = SamplingConfig() if sampling is None else sampling
-    ids = [encode_prompt([Turn(USER, p)], tokenizer, template) for p in prompts]
-    room = model.config.max_seq_len - max(len(i) for i in ids)
+    default), stopping at the template's end of turn or EOS (`lima_jax.decode.answer`)."""
+    answerer = Answerer(model, tokenizer, template)
+    ids = [answerer.encode(p) for p in prompts]
+    room = answerer.room(ids)
     if room < 1:
-        raise ValueError(f"the longest prompt has {model.config.max_seq_len - room} tokens: no room "
-                         f"to answer within the model's context of {model.config.max_seq_len}")
-    eot = end_of_turn_id(template, tokenizer)
-    names = {eot: "eot" if eot == tokenizer.eot_id else "eos", tokenizer.eos_id: "eos"}
-    out = Generator(model).generate(ids, sampling=sampling, max_new_tokens=min(max_new_tokens, room),
-                                    stop_ids=sorted(names), seed=seed, stop_names=names)
-    return [Answer(tokenizer.decode(g.tokens).strip(), g.stop_reason, len(g.tokens)) for g in out]
+        raise ValueError(f"the longest prompt has {answerer.max_seq_len - room} tokens: no room "
+                         f"to answer within the model's context of {answerer.max_seq_len}")
+    answers = answerer.answer(ids, sampling=sampling, max_new_tokens=min(max_new_tokens, room), seed=seed)
+    return [Answer(a.text.strip(), a.stop_reason, len(a.tokens)) for a in answers]
 
 
 def side_by_side_html(prompts: Sequence[str], before: Sequence[Answer], after: Sequence[Answer],

@@ -20,17 +20,16 @@ nothing the model cannot already write, and only the interface can be learned. S
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lima_jax.data.readers import USER, Turn
-from lima_jax.data.templates import encode_prompt
+from lima_jax import jsonl
+from lima_jax.checkpoint import epoch_end_steps
 from lima_jax.data.tokenizer import Tokenizer
-from lima_jax.decode import Generator, SamplingConfig
+from lima_jax.decode import Answerer, SamplingConfig, encode_for_template
 
 # Characters, split so that held-out requests name people fine-tuning never saw: adherence on
 # them means the model learned "write about whoever is named", not a list of names.
@@ -135,22 +134,22 @@ def own_responses(model, tokenizer: Tokenizer, count: int, *,
     from tqdm.auto import tqdm
 
     pool = all_requests(names, seed=seed)
-    generator = Generator(model)
+    # Plain pretraining text (the raw template: BOS + opening), stopping at BOS or EOS.
+    answerer = Answerer(model, tokenizer, "raw", extra_stops={tokenizer.bos_id: "bos"})
     sampling = SamplingConfig(temperature=temperature, top_p=1.0, repetition_penalty=1.0)
     records: list[dict] = []
     batch = min(batch_size, count)
     bar = tqdm(total=count, desc="own responses", unit="story", disable=not progress)
     for start, chunk, real in _fixed_batches(pool, batch):
-        prompts = [[tokenizer.bos_id] + tokenizer.encode(r.opening) for r in chunk]
-        outputs = generator.generate(
-            prompts, sampling=sampling, max_new_tokens=max_new_tokens,
-            stop_ids=[tokenizer.bos_id, tokenizer.eos_id], seed=seed,
-            prompt_ids=[str(start + i) for i in range(len(chunk))])
-        for request, prompt, out in zip(chunk[:real], prompts, outputs):
+        prompts = [answerer.encode(r.opening) for r in chunk]
+        answers = answerer.answer(prompts, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed,
+                                  prompt_ids=[str(start + i) for i in range(len(chunk))])
+        for request, prompt, out in zip(chunk[:real], prompts, answers):
             if out.stop_id is None:  # the story did not end
                 continue
+            # Decoded as one text: the opening's last piece and the continuation's first join up.
             response = tokenizer.decode(prompt[1:] + out.tokens).strip()
-            example = encode_prompt([Turn(USER, request.text)], tokenizer)
+            example = encode_for_template(request.text, tokenizer, "lima")
             if len(example) + len(tokenizer.encode(response)) + 1 > max_len:
                 continue
             records.append({"conversations": [request.text, response], "source": SOURCE})
@@ -167,10 +166,7 @@ def own_responses(model, tokenizer: Tokenizer, count: int, *,
 
 def write_jsonl(records: Iterable[dict], path: str | pathlib.Path) -> pathlib.Path:
     """Writes records one JSON object per line (LIMA's train.jsonl format)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
+    return jsonl.write_jsonl(path, records)
 
 
 def names_character(text: str, name: str) -> bool:
@@ -229,20 +225,16 @@ def measure(model, tokenizer: Tokenizer, requests: Sequence[Request], *,
     """
     from tqdm.auto import tqdm
 
-    sampling = SamplingConfig() if sampling is None else sampling
-    generator = Generator(model)
-    stop_names = {tokenizer.eot_id: "eot", tokenizer.eos_id: "eos", tokenizer.bos_id: "bos"}
+    answerer = Answerer(model, tokenizer, template, extra_stops={tokenizer.bos_id: "bos"})
     train_names = {n for names in TRAIN_NAMES.values() for n in names}
     result = Measurement([], [], [], [], [])
     bar = tqdm(total=len(requests), desc="held-out answers", unit="answer", disable=not progress)
     for start, chunk, real in _fixed_batches(requests, min(batch_size, len(requests))):
-        prompts = [encode_prompt([Turn(USER, r.text)], tokenizer, template) for r in chunk]
-        outputs = generator.generate(
-            prompts, sampling=sampling, max_new_tokens=max_new_tokens, stop_ids=list(stop_names),
-            seed=seed, prompt_ids=[str(start + i) for i in range(len(chunk))],
-            stop_names=stop_names)
-        for request, out in zip(chunk[:real], outputs[:real]):
-            text = tokenizer.decode(out.tokens).strip()
+        answers = answerer.answer_texts(
+            [r.text for r in chunk], sampling=sampling, max_new_tokens=max_new_tokens, seed=seed,
+            prompt_ids=[str(start + i) for i in range(len(chunk))])
+        for request, out in zip(chunk[:real], answers[:real]):
+            text = out.text.strip()
             result.stop_reasons.append(out.stop_reason)
             result.lengths.append(len(out.tokens))
             result.texts.append(text)
@@ -306,9 +298,7 @@ def finetune(config) -> tuple[object, dict]:
 
 def final_loss(workdir: str | pathlib.Path, last: int = 5) -> float | None:
     """Mean training loss of the last `last` logged steps of a run (None when none were logged)."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    losses = [json.loads(line)["loss"] for line in path.read_text().splitlines()
-              if line.strip() and "loss" in json.loads(line)]
+    losses = [r["loss"] for r in jsonl.read_records(pathlib.Path(workdir) / "metrics.jsonl") if "loss" in r]
     return float(np.mean(losses[-last:])) if losses else None
 
 
@@ -339,8 +329,8 @@ def run_sizes(hf_dir: str | pathlib.Path, records: Sequence[dict], sizes: Sequen
 
 
 def _steps(run_dir: pathlib.Path) -> int:
-    ends = json.loads((run_dir / "epochs.json").read_text())["epoch_end_steps"]
-    return int(ends[-1]) if ends else 0
+    ends = epoch_end_steps(run_dir)
+    return ends[-1] if ends else 0
 
 
 def result_row(examples: int, result: Measurement, *, steps: int = 0,

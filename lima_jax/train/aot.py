@@ -2,10 +2,10 @@
 
 `python -m lima_jax.train --config configs/lima_65b.py --config.compile_only=True
 --config.topology=v5p-64` builds the slice's devices from libtpu's topology
-description (no TPU needed; `pip install -e ".[tpu]"`), compiles the sharded step
-for them with abstract arrays only, and reports the per-chip memory from
-`memory_analysis()` against the chip's HBM: whether the plan fits, before anyone
-books the pod.
+description (no TPU needed; `pip install -e ".[tpu]"`), compiles the trainer's own
+sharded step (`compile_train_step`) for them with abstract arrays only, and reports the
+per-chip memory from `memory_analysis()` against the chip's HBM (`lima_jax.chips`):
+whether the plan fits, before anyone books the pod.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 
 import jax
 import ml_collections
 
 from lima_jax import sharding as sharding_lib
+from lima_jax.chips import hbm_gib
 from lima_jax.model.presets import get_preset
-from lima_jax.train.config import RunConfigError, model_config_overrides, rows_per_device_check
-from lima_jax.train.optim import learning_rate_schedule, make_optimizer
-from lima_jax.train.step import StepFunctions
+from lima_jax.train.config import RunConfigError, model_config_overrides
+from lima_jax.train.step import compile_train_step
 
 # generation -> (libtpu name prefix, chip config, TensorCores per chip, 3-D torus)
 _GENERATIONS = {
@@ -32,8 +31,6 @@ _GENERATIONS = {
     "v5litepod": ("v5e", "default", 1, False),
     "v6e": ("v6e", "default", 1, False),
 }
-# HBM per chip by device_kind; compile-only devices cannot report it themselves.
-HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32}
 
 
 def _libtpu_environment() -> None:
@@ -98,37 +95,20 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
         devices = jax.devices()
     mesh = sharding_lib.make_mesh(dict(config.mesh), devices)
     shape = dict(mesh.shape)
-    rules = tuple(config.sharding_rules)
-    rows_per_device_check(config, shape["data"] * shape["fsdp"])
 
     # No data is read: the vocabulary is the preset's plus LIMA's EOT token.
     preset = get_preset(config.model.preset)
     model_config = preset.replace(vocab_size=preset.vocab_size + 1, eot_token_id=preset.vocab_size,
                                   **model_config_overrides(config))
-    total_steps = 1000
-    fns = StepFunctions(model_config, make_optimizer(config.optimizer, total_steps),
-                        learning_rate_schedule(config.optimizer, total_steps),
-                        config.train.grad_accum_steps,
-                        micro_batch_sharding=sharding_lib.batch_sharding(mesh, rules))
-    abstract_state = jax.eval_shape(fns.init_state, jax.random.PRNGKey(0))
-    shardings = fns.state_shardings(mesh, rules, abstract_state)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         abstract_state, shardings)
-    rows = sharding_lib.batch_sharding(mesh, rules)
+    # The schedule's length changes only learning-rate values, not what is compiled.
+    sharded = compile_train_step(config, model_config, mesh, total_steps=1000)
     b, t = config.data.global_batch_size, config.data.max_len
-    batch = {k: jax.ShapeDtypeStruct((b, t), "float32" if k == "loss_mask" else "int32", sharding=rows)
-             for k in ("tokens", "targets", "loss_mask", "segment_ids", "positions")}
-    step = jax.jit(fns.train_step, in_shardings=(shardings, rows), out_shardings=(shardings, None),
-                   donate_argnums=0)
-    start = time.perf_counter()
-    with sharding_lib.activation_context(mesh, rules):  # Pallas kernels shard_map from it
-        lowered = step.lower(state, batch)
-        compiled = lowered.compile()
-    kernels = sorted(set(re.findall(r"lima_flash_attention_\w+", lowered.as_text())))
-    compile_s = time.perf_counter() - start
+    compiled = sharded.compile(sharded.abstract_state, sharded.abstract_batch(b, t))
+    kernels = sorted(set(re.findall(r"lima_flash_attention_\w+", compiled.lowered.as_text())))
+    compile_s = compiled.compile_s
     memory = compiled.memory_analysis()
     kind = devices[0].device_kind
-    hbm = HBM_GIB.get(kind)
+    hbm = hbm_gib(kind)
     peak = getattr(memory, "peak_memory_in_bytes", 0) or (
         memory.argument_size_in_bytes + memory.temp_size_in_bytes)
     return {
@@ -137,7 +117,7 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
         "devices": len(devices),
         "mesh": shape,
         "model": config.model.preset,
-        "parameters": fns.matmul_param_count(),
+        "parameters": sharded.fns.matmul_param_count(),
         "global_batch": f"{b} x {t}, {config.train.grad_accum_steps} micro-batches",
         "remat": config.model.remat,
         "attention": config.model.attention,

@@ -1,29 +1,28 @@
 """Training benchmark: tokens/s of our jitted train step against transformers + torch AdamW.
 
-Ours: ``StepFunctions.train_step`` jitted as ``lima_jax.train`` jits it (state and batch
-shardings from the config's mesh over all local devices, the state donated), compiled ahead of
-time with the compile clocked apart, one untimed warm-up step, then timed steps, each blocked
-on its outputs. Baseline, same process, same shapes: ``transformers.LlamaForCausalLM`` built
-from the same LlamaConfig (``_hf_config_dict``; attention "sdpa", torch's fastest on CPU),
-eager float32, ``torch.optim.AdamW`` (fused when available) with the config's betas, eps,
-weight decay (not on norm scales, like the ``matrices`` mask) and gradient clipping; two
-untimed warm-up steps. The baseline is timed with all cores and with 1 thread and keeps the
-faster: on a loaded 2-core machine torch's OpenMP barriers can make 2 threads 100x slower than
-1 on small models. Ours and the baseline run in alternating blocks so that load from other work
-on a shared machine falls on both. Both see the same synthetic batch: random tokens,
-full rows (one segment, every token in the loss). Residual dropout is 0 in both (transformers'
-LLaMA has no residual dropout), so like is compared with like. Figure: tokens (B*T) per second
-of the median step; MFU against ``peak_flops_per_device()`` where the chip's peak is known
-(accelerators), null on CPU. Without ``--config`` it measures the CPU demo and a ~110M-parameter
-config (preset 100m, seq 256, batch 2, float32 compute: bf16 matmuls are slower on most CPUs).
+Ours: the step ``lima_jax.train`` runs, from ``compile_train_step`` (state and batch shardings
+from the config's mesh over all local devices, the state donated), compiled ahead of time under
+the mesh and rules with the compile clocked apart, one untimed warm-up step, then timed steps,
+each blocked on its outputs. Baseline, same process, same shapes:
+``transformers.LlamaForCausalLM`` built from the same LlamaConfig (``_hf_config_dict``;
+attention "sdpa", torch's fastest on CPU), eager float32, ``torch.optim.AdamW`` (fused when
+available) with the config's betas, eps, weight decay (not on norm scales, like the
+``matrices`` mask) and gradient clipping; two untimed warm-up steps. The baseline is timed with
+all cores and with 1 thread and keeps the faster: on a loaded 2-core machine torch's OpenMP
+barriers can make 2 threads 100x slower than 1 on small models. Ours and the baseline run in
+alternating blocks so that load from other work on a shared machine falls on both. Both see the
+same synthetic batch: random tokens, full rows (one segment, every token in the loss). Residual
+dropout is 0 in both (transformers' LLaMA has no residual dropout), so like is compared with
+like. Figure: tokens (B*T) per second of the median step; MFU against ``lima_jax.chips``' peak
+where the chip's is known (accelerators), null on CPU. Without ``--config`` it measures the CPU
+demo and a ~110M-parameter config (preset 100m, seq 256, batch 2, float32 compute: bf16 matmuls
+are slower on most CPUs).
+``--override KEY=VALUE`` changes a config key as ``--config.KEY=VALUE`` does for a run.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
-import math
 import os
 import pathlib
 import statistics
@@ -34,21 +33,21 @@ import jax
 import ml_collections
 import numpy as np
 
+from lima_jax import cli
 from lima_jax import sharding as sharding_lib
+from lima_jax.chips import peak_flops_per_device
 from lima_jax.model import LlamaConfig, get_preset
 from lima_jax.train.config import (
     get_base_config,
     model_config_overrides,
-    rows_per_device_check,
     total_flops_per_token,
     validate_config,
 )
-from lima_jax.train.metrics import peak_flops_per_device
-from lima_jax.train.optim import learning_rate_schedule, make_optimizer
-from lima_jax.train.step import StepFunctions
+from lima_jax.train.step import compile_train_step
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 GOAL_RATIO = 1.5
+VERSIONS = ("jax", "jaxlib", "flax", "optax", "torch", "transformers")  # stamped by lima_jax.bench
 # (label, config file or None for get_base_config(), overrides, default timed steps per side).
 DEFAULT_MEASUREMENTS = (
     ("demo", str(_REPO / "configs" / "demo.py"), (), 20),
@@ -70,34 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(path: str | None, overrides=()) -> ml_collections.ConfigDict:
-    """The config file's get_config() (or the base config), with KEY=VALUE overrides."""
-    if path is None:
-        config = get_base_config()
-    else:
-        spec = importlib.util.spec_from_file_location("_bench_config", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config()
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --override {item!r} is not KEY=VALUE")
-        *parents, leaf = key.strip().split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            raise SystemExit(f"error: --override {key}: no such config key")
-        value = text
-        if not isinstance(node[leaf], str):
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                pass
-        try:
-            node[leaf] = value  # ConfigDict refuses a value of the wrong type
-        except TypeError as err:
-            raise SystemExit(f"error: --override {key}: {err}") from None
+    """The config file's get_config() (or the base config), with KEY=VALUE overrides parsed as
+    ``--config.KEY=VALUE`` is (`lima_jax.cli.load_config`); a bad key or value is a LimaError."""
+    config = cli.load_config(path or get_base_config(), overrides)
     # A copy that reads no data: compile_only skips the workdir and data checks.
     checked = ml_collections.ConfigDict(config.to_dict())
     checked.compile_only, checked.data.path = True, ""
@@ -127,25 +101,15 @@ class Ours:
     """Our sharded, donated, ahead-of-time compiled train step."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: LlamaConfig, batch: dict):
-        steps = 1000  # the schedule's length: only the learning-rate values depend on it
-        optimizer = make_optimizer(config.optimizer, steps)
-        mesh = sharding_lib.make_mesh(dict(config.mesh))
-        rules = tuple(config.sharding_rules)
-        rows = sharding_lib.batch_sharding(mesh, rules)
-        rows_per_device_check(config, math.prod(mesh.shape[a] for a in ("data", "fsdp")))
-        self.fns = StepFunctions(model, optimizer, learning_rate_schedule(config.optimizer, steps),
-                                 config.train.grad_accum_steps, micro_batch_sharding=rows)
-        abstract = jax.eval_shape(self.fns.init_state, jax.random.PRNGKey(0))
-        shardings = self.fns.state_shardings(mesh, rules, abstract)
-        self.state = jax.jit(self.fns.init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
-        self.batch = {k: jax.device_put(v, rows) for k, v in batch.items()}  # on device once
-        step = jax.jit(self.fns.train_step, in_shardings=(shardings, rows),
-                       out_shardings=(shardings, None), donate_argnums=0)
-        start = time.perf_counter()
-        self.compiled = step.lower(self.state, self.batch).compile()
-        self.compile_s = time.perf_counter() - start
+        # The schedule's length (1000 steps) changes only learning-rate values.
+        sharded = compile_train_step(config, model, sharding_lib.make_mesh(dict(config.mesh)), 1000)
+        self.fns = sharded.fns
+        self.state = sharded.init_state(jax.random.PRNGKey(0))
+        self.batch = {k: jax.device_put(v, sharded.rows) for k, v in batch.items()}  # on device once
+        self.compiled = sharded.compile(self.state, self.batch)
+        self.compile_s = self.compiled.compile_s
         self.params = sum(x.size for x in jax.tree.leaves(self.state["params"]))
-        self.mesh_shape = dict(mesh.shape)
+        self.mesh_shape = dict(sharded.mesh.shape)
 
     def step(self) -> float:
         """One update on the resident batch; seconds until its outputs are ready."""
@@ -280,19 +244,14 @@ def measure(label: str, config: ml_collections.ConfigDict, steps: int, rounds: i
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from lima_jax.bench import hardware, versions  # here: the dispatcher imports us
-
     if args.config:
         plan = [(pathlib.Path(args.config).stem, args.config, (), 10)]
     else:
         plan = list(DEFAULT_MEASUREMENTS)
-    common = {"hardware": hardware(),
-              "versions": versions(("jax", "jaxlib", "flax", "optax", "torch", "transformers"))}
     rows = []
     for label, path, overrides, default_steps in plan:
         config = load_config(path, [*overrides, *args.override])
         threads = tuple(int(t) for t in args.torch_threads.split(",")) if args.torch_threads else (
             os.cpu_count() or 1, 1)
-        rows.append({**common, **measure(label, config, args.steps or default_steps, args.rounds,
-                                         threads)})
+        rows.append(measure(label, config, args.steps or default_steps, args.rounds, threads))
     return rows

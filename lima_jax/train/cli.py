@@ -17,7 +17,7 @@ def main(config: ml_collections.ConfigDict) -> int:
     from lima_jax.train.loop import train
 
     setup_logging()
-    return run_command(lambda: train(config) and 0)
+    return run_command(train, config)
 
 
 def run(argv=None) -> None:

@@ -1,8 +1,9 @@
 """The run configuration shared by every config file in `configs/`, and its validation.
 
-`get_base_config()` holds LIMA's recipe (DESIGN.md section 2) as defaults; a config file
-starts from it, changes what its run needs, and `validate_config` stops a wrong key or
-value before anything compiles, naming the key (`config.optimizer.learning_rate`, ...).
+`get_base_config()` holds LIMA's recipe (the paper's section 3; the README's Training) as
+defaults; a config file starts from it, changes what its run needs, and `validate_config`
+stops a wrong key or value before anything compiles, naming the key
+(`config.optimizer.learning_rate`, ...).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from lima_jax.data.errors import DataError
 from lima_jax.errors import LimaError
 from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
 from lima_jax.model.presets import PRESETS
-from lima_jax.sharding import DEFAULT_RULES, MESH_AXES
+from lima_jax.sharding import DEFAULT_RULES, MESH_AXES, batch_axes
 
 WEIGHT_DECAY_MASKS = ("all", "matrices", "matrices_no_embeddings")
 # Shape fields a config may change on top of its preset (0 = the preset's value).
@@ -156,11 +157,14 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 
 
 def rows_per_device_check(c: ml_collections.ConfigDict, batch_devices: int) -> None:
-    """Each micro-batch's rows must split evenly over the devices that share the batch."""
+    """Each micro-batch's rows must split evenly over the `batch_devices` devices that share
+    the batch (`lima_jax.sharding.batch_devices`: the mesh axes of the config's `batch` rule)."""
+    axes = batch_axes(tuple(c.sharding_rules))
     rows = c.data.global_batch_size // c.train.grad_accum_steps
     _check(rows % batch_devices == 0, "train.grad_accum_steps",
            f"a micro-batch of {rows} rows (data.global_batch_size / train.grad_accum_steps) "
-           f"does not split over the {batch_devices} devices of the data and fsdp mesh axes")
+           f"does not split over the {batch_devices} devices of the {' and '.join(axes)} mesh "
+           f"{'axis' if len(axes) == 1 else 'axes'}")
 
 
 def model_config_overrides(c: ml_collections.ConfigDict) -> dict:

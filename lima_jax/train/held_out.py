@@ -2,16 +2,17 @@
 
 The training run's generation score (`train.eval_exact_match`): each held-out
 conversation's first user turn is laid out with the training template, the model
-answers greedily with the KV-cache decoder until EOT or EOS, and the answer counts
-when its text equals the reference answer (whitespace-trimmed).
+answers greedily through `lima_jax.decode.answer` (stopping at the template's end of turn
+or EOS), and the answer counts when its text equals the reference answer
+(whitespace-trimmed).
 """
 
 from __future__ import annotations
 
 from lima_jax.data import read_conversations
 from lima_jax.data.readers import ASSISTANT, USER
-from lima_jax.data.templates import encode_prompt, end_of_turn_id
-from lima_jax.decode import Generator, SamplingConfig
+from lima_jax.data.templates import encode_prompt
+from lima_jax.decode import Answerer, SamplingConfig
 
 
 def exact_match(model, tokenizer, path: str, *, template: str = "lima",
@@ -28,12 +29,12 @@ def exact_match(model, tokenizer, path: str, *, template: str = "lima",
         pairs = pairs[:examples]
     if not pairs:
         return {"exact_match": None, "answered": 0}
+    # The turns before the answer (any system turn, then the user's), as training laid them out.
     prompts = [encode_prompt(turns, tokenizer, template) for turns, _ in pairs]
-    stops = sorted({end_of_turn_id(template, tokenizer), tokenizer.eos_id})
-    max_new = min(max_new_tokens, model.config.max_seq_len - max(len(p) for p in prompts))
-    generations = Generator(model).generate(prompts, sampling=SamplingConfig.greedy_config(),
-                                            max_new_tokens=max(max_new, 1), stop_ids=stops)
-    answers = [tokenizer.decode(g.tokens).strip() for g in generations]
+    answerer = Answerer(model, tokenizer, template)
+    max_new = min(max_new_tokens, answerer.room(prompts))
+    answers = [a.text.strip() for a in answerer.answer(prompts, sampling=SamplingConfig.greedy_config(),
+                                                       max_new_tokens=max(max_new, 1))]
     hits = [a == reference.strip() for a, (_, reference) in zip(answers, pairs)]
     first_prompt = pairs[0][0][-1].text
     return {"exact_match": sum(hits) / len(hits), "answered": len(hits),

@@ -21,24 +21,15 @@ import ml_collections
 import numpy as np
 
 from lima_jax import sharding as sharding_lib
-from lima_jax.checkpoint import TrainCheckpointer
+from lima_jax.checkpoint import EPOCHS_FILE, TrainCheckpointer
+from lima_jax.chips import peak_flops_per_device
 from lima_jax.data import build_pipeline
 from lima_jax.errors import LimaError
-from lima_jax.train.config import (
-    rows_per_device_check,
-    total_flops_per_token,
-    validate_config,
-)
-from lima_jax.train.metrics import MetricsLogger, peak_flops_per_device, plot_loss_curve
-from lima_jax.train.optim import learning_rate_schedule, make_optimizer
-from lima_jax.train.state import (
-    abstract_with_shardings,
-    initial_params,
-    make_model_config,
-    maybe_initialize_distributed,
-    prepare_demo_data,
-)
-from lima_jax.train.step import StepFunctions
+from lima_jax.jsonl import write_json
+from lima_jax.train.config import total_flops_per_token, validate_config
+from lima_jax.train.metrics import MetricsLogger, plot_loss_curve
+from lima_jax.train.state import initial_params, make_model_config, prepare_demo_data
+from lima_jax.train.step import ShardedTrainStep, compile_train_step
 
 log = logging.getLogger("lima_jax.train")
 
@@ -77,10 +68,11 @@ def _global_batch(local_batch: dict, rows: jax.sharding.NamedSharding) -> dict:
             for k, v in local_batch.items()}
 
 
-def _evaluate(eval_fn, params, pipeline, rows) -> dict:
+def _evaluate(sharded: ShardedTrainStep, params, pipeline) -> dict:
     totals = {"ce_sum": 0.0, "tokens": 0.0, "correct": 0.0}
     for step in range(pipeline.num_steps):
-        sums = jax.device_get(eval_fn(params, _global_batch(pipeline.batch(step), rows)))
+        batch = _global_batch(pipeline.batch(step), sharded.rows)
+        sums = jax.device_get(sharded.evaluate(params, batch))
         for key in totals:
             totals[key] += float(sums[key])
     tokens = max(totals["tokens"], 1.0)
@@ -97,14 +89,14 @@ def _compile_only(config: ml_collections.ConfigDict) -> dict:
         if config.workdir:
             workdir = pathlib.Path(config.workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "plan.json").write_text(json.dumps(report, indent=2))
+            write_json(workdir / "plan.json", report)
     return report
 
 
 def train(config: ml_collections.ConfigDict) -> dict:
     """Runs (or resumes) the training run `config` describes; returns a summary dict."""
     # ---------------------------------------------------------------- hosts and config
-    maybe_initialize_distributed(config)
+    sharding_lib.maybe_initialize_distributed(config)
     validate_config(config)
     if config.compile_only:
         return _compile_only(config)
@@ -123,27 +115,17 @@ def train(config: ml_collections.ConfigDict) -> dict:
     run_steps = min(total_steps, config.train.max_steps or total_steps)
     epoch_ends = [int(x) for x in np.cumsum(pipeline.steps_per_epoch)]
     if is_main:  # where each epoch ends, for `python -m lima_jax.evaluate select`
-        (workdir / "epochs.json").write_text(json.dumps({"epoch_end_steps": epoch_ends}))
+        write_json(workdir / EPOCHS_FILE, {"epoch_end_steps": epoch_ends})
     if is_main:
         print(f"train: {total_steps} steps in {len(epoch_ends)} epochs"
               + (f", cut to {run_steps} by train.max_steps" if run_steps < total_steps else ""),
               flush=True)
 
-    # ---------------------------------------------------------------- model and optimizer
+    # ---------------------------------------------------------------- model, optimizer, shardings
     model_config = make_model_config(config, tokenizer)
-    optimizer = make_optimizer(config.optimizer, total_steps)
-    schedule = learning_rate_schedule(config.optimizer, total_steps)
-
-    # ---------------------------------------------------------------- shardings
-    mesh = sharding_lib.make_mesh(dict(config.mesh))
-    rules = tuple(config.sharding_rules)
-    rows = sharding_lib.batch_sharding(mesh, rules)
-    batch_devices = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
-    rows_per_device_check(config, batch_devices)
-    fns = StepFunctions(model_config, optimizer, schedule, config.train.grad_accum_steps,
-                        micro_batch_sharding=rows)
-    abstract_state = jax.eval_shape(fns.init_state, jax.random.PRNGKey(0))
-    state_shardings = fns.state_shardings(mesh, rules, abstract_state)
+    sharded = compile_train_step(config, model_config, sharding_lib.make_mesh(dict(config.mesh)),
+                                 total_steps)
+    fns, rows = sharded.fns, sharded.rows
 
     # ---------------------------------------------------------------- state: restore or init
     keep = [epoch_ends[e - 1] for e in range(config.checkpoint.keep_epochs_from,
@@ -155,39 +137,21 @@ def train(config: ml_collections.ConfigDict) -> dict:
     start_step = 0
     latest = checkpointer.latest_step() if config.resume else None
     if latest is not None:
-        state, data_state, _ = checkpointer.restore(
-            latest, abstract_with_shardings(abstract_state, state_shardings))
+        state, data_state, _ = checkpointer.restore(latest, sharded.abstract_state)
         iterator.set_state(data_state)
         start_step = int(jax.device_get(state["step"]))
         if is_main:
             print(f"train: resumed from {checkpointer.directory / str(latest)} at step {start_step}",
                   flush=True)
     else:
-        params = initial_params(config, model_config, fns, state_shardings["params"])
-        rng = jax.random.PRNGKey(config.seed)
-        if params is None:
-            state = jax.jit(fns.init_state, out_shardings=state_shardings)(rng)
-        else:
-            state = jax.jit(fns.init_state, in_shardings=(None, state_shardings["params"]),
-                            out_shardings=state_shardings)(rng, params)
-            del params
+        params = initial_params(config, model_config, fns, sharded.param_shardings)
+        state = sharded.init_state(jax.random.PRNGKey(config.seed), params)
+        del params  # the state holds them now
 
     # ---------------------------------------------------------------- compile
-    step_fn = jax.jit(fns.train_step, in_shardings=(state_shardings, rows),
-                      out_shardings=(state_shardings, None), donate_argnums=0)
-    jitted_eval = jax.jit(fns.eval_step, in_shardings=(state_shardings["params"], rows))
-
-    def eval_fn(params, batch):
-        with sharding_lib.activation_context(mesh, rules):  # see the step's compile below
-            return jitted_eval(params, batch)
-
     example = _global_batch(pipeline.batch(min(start_step, total_steps - 1)), rows)
-    compile_start = time.perf_counter()
-    # Traced with the mesh and rules in context: Pallas attention places itself under
-    # shard_map from them (lima_jax/kernels/sharded.py).
-    with sharding_lib.activation_context(mesh, rules):
-        compiled = step_fn.lower(state, example).compile()
-    compile_s = time.perf_counter() - compile_start
+    compiled = sharded.compile(state, example)
+    compile_s = compiled.compile_s
     memory = compiled.memory_analysis()
     if is_main:
         print(f"train: step compiled in {compile_s:.1f}s"
@@ -231,7 +195,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
         return {"eval_exact_match": result["exact_match"], "eval_example": result.get("sample")}
 
     if eval_pipeline is not None and start_step == 0 and config.train.eval_at_start:
-        summary["eval_at_start"] = _evaluate(eval_fn, state["params"], eval_pipeline, rows)
+        summary["eval_at_start"] = _evaluate(sharded, state["params"], eval_pipeline)
         summary["eval_at_start"].update(generation_score())
         metrics_log.log({"step": 0, **summary["eval_at_start"]})
         metrics_log.write(f"held-out before training: {summary['eval_at_start']}")
@@ -271,7 +235,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
                 last_saved = done
             if (at_epoch_end and eval_pipeline is not None
                     and epoch % config.train.eval_every_epochs == 0):
-                result = _evaluate(eval_fn, state["params"], eval_pipeline, rows)
+                result = _evaluate(sharded, state["params"], eval_pipeline)
                 metrics_log.log({"step": done, "epoch": epoch, **result})
                 metrics_log.write(f"epoch {epoch}: held-out {result}")
             if preemption.requested:
@@ -290,13 +254,13 @@ def train(config: ml_collections.ConfigDict) -> dict:
     # ---------------------------------------------------------------- report
     summary.update(status=status, last_checkpoint=last_saved)
     if eval_pipeline is not None and status == "completed":
-        summary["eval_at_end"] = _evaluate(eval_fn, state["params"], eval_pipeline, rows)
+        summary["eval_at_end"] = _evaluate(sharded, state["params"], eval_pipeline)
         summary["eval_at_end"].update(generation_score())
         metrics_log.write(f"held-out after training: {summary['eval_at_end']}")
     metrics_log.close()
     if is_main:
         curve = plot_loss_curve(workdir / "metrics.jsonl", workdir / "loss_curve.png")
         summary["loss_curve"] = str(curve) if curve else None
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(workdir / "summary.json", summary)
         print(f"train: {status}; summary in {workdir / 'summary.json'}", flush=True)
     return summary

@@ -1,5 +1,5 @@
-"""Training metrics: `WORKDIR/metrics.jsonl`, TensorBoard event files, a progress bar, a
-loss-curve PNG, and MFU against the chip's published peak.
+"""Training metrics: `WORKDIR/metrics.jsonl`, TensorBoard event files, a progress bar and a
+loss-curve PNG. (The loop computes the MFU it logs against `lima_jax.chips`' peak figures.)
 
 Only process 0 writes; every other process gets a logger that does nothing.
 """
@@ -9,29 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-
-import jax
-
-# Dense bf16 peak FLOP/s per device, by a substring of `device.device_kind`.
-PEAK_FLOPS = (
-    ("H200", 989e12),
-    ("H100", 989e12),
-    ("A100", 312e12),
-    ("TPU v6", 918e12),
-    ("TPU v5p", 459e12),
-    ("TPU v5 lite", 197e12),
-    ("TPU v5e", 197e12),
-    ("TPU v4", 275e12),
-)
-
-
-def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
-    """The chip's bf16 peak, or None where it is unknown (CPUs)."""
-    kind = (device or jax.devices()[0]).device_kind
-    for name, flops in PEAK_FLOPS:
-        if name.lower() in kind.lower():
-            return flops
-    return None
 
 
 class MetricsLogger:

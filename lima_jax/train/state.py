@@ -1,16 +1,14 @@
-"""What `lima_jax.train` does before its loop: join the other hosts, make the demo data,
-resolve the model config against the tokenizer, and load starting weights.
+"""What `lima_jax.train` does before its loop: make the demo data, resolve the model config
+against the tokenizer, and load starting weights.
 
 Starting weights (`config.model.init_from`) come from a Hugging Face directory
 (`config.json` + safetensors) or a lima_jax checkpoint (`python -m lima_jax.convert
 hf-to-lima`). LIMA's EOT token is appended when the checkpoint lacks it: its rows
-start as the mean of the others (DESIGN.md section 2).
+start as the mean of the others (README "Training").
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import pathlib
 
 import jax
@@ -18,47 +16,22 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lima_jax.checkpoint import MODEL_CONFIG_FILE, load_model, load_model_config
+from lima_jax.checkpoint import (
+    HF,
+    HF_CONFIG_FILE,
+    MODEL,
+    MODEL_CONFIG_FILE,
+    checkpoint_kind,
+    load_model,
+    load_model_config,
+)
 from lima_jax.data import generated as demo_data
 from lima_jax.model.config import ConfigError, LlamaConfig
 from lima_jax.model.hf import append_vocab_rows, from_hf, load_hf_config
 from lima_jax.model.presets import get_preset
 from lima_jax.train.config import MODEL_SHAPE_FIELDS, RunConfigError, model_config_overrides
 
-log = logging.getLogger(__name__)
-
 DEMO_DATA = "generated:demo"
-
-
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """Joins the other hosts with `jax.distributed.initialize` when the config or the
-    environment asks for it (`distributed.initialize`: auto | yes | no)."""
-    d = config.distributed
-    if d.initialize == "no":
-        return
-    explicit = bool(d.coordinator_address)
-    environment = (
-        "JAX_COORDINATOR_ADDRESS" in os.environ
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    )
-    if d.initialize == "auto" and not (explicit or environment):
-        return
-    kwargs = {}
-    if explicit:
-        kwargs = dict(coordinator_address=d.coordinator_address,
-                      num_processes=d.num_processes or None,
-                      process_id=d.process_id if d.process_id >= 0 else None)
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or kwargs:
-        # CPU processes exchange collectives over gloo (local multi-process runs, tests).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(**kwargs)
-    except RuntimeError as err:
-        if "already" not in str(err).lower():
-            raise
-    log.info("process %d of %d, %d local devices of %d", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
 
 
 def prepare_demo_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -72,13 +45,13 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) 
         config.train.eval_data = str(held_out_path)
 
 
-def _checkpoint_kind(path: pathlib.Path) -> str:
-    if (path / MODEL_CONFIG_FILE).is_file():
-        return "lima"
-    if (path / "config.json").is_file():
-        return "hf"
-    raise RunConfigError("model.init_from", f"{path} is neither a Hugging Face directory "
-                         f"(config.json) nor a lima_jax checkpoint ({MODEL_CONFIG_FILE})")
+def _init_from_kind(path: pathlib.Path) -> str:
+    """HF or MODEL (`lima_jax.checkpoint.checkpoint_kind`): the kinds training starts from."""
+    kind = checkpoint_kind(path)
+    if kind not in (HF, MODEL):
+        raise RunConfigError("model.init_from", f"{path} is neither a Hugging Face directory "
+                             f"({HF_CONFIG_FILE}) nor a lima_jax checkpoint ({MODEL_CONFIG_FILE})")
+    return kind
 
 
 def make_model_config(config: ml_collections.ConfigDict, tokenizer) -> LlamaConfig:
@@ -91,8 +64,8 @@ def make_model_config(config: ml_collections.ConfigDict, tokenizer) -> LlamaConf
         if not config.model.init_from:
             return get_preset(config.model.preset).replace(**token_ids, **overrides)
         path = pathlib.Path(config.model.init_from)
-        kind = _checkpoint_kind(path)
-        base = load_hf_config(path) if kind == "hf" else load_model_config(path)
+        kind = _init_from_kind(path)
+        base = load_hf_config(path) if kind == HF else load_model_config(path)
     except ConfigError as err:
         raise RunConfigError("model", str(err)) from None
     # max_seq_len shapes no parameter: a checkpoint may be trained at another length.
@@ -116,7 +89,7 @@ def initial_params(config: ml_collections.ConfigDict, model_config: LlamaConfig,
         return None
     path = pathlib.Path(config.model.init_from)
     dtype = model_config.param_dtype
-    if _checkpoint_kind(path) == "hf":
+    if _init_from_kind(path) == HF:
         model = from_hf(path, dtype=dtype, add_eot=True, shardings=param_shardings)
         return nnx.to_pure_dict(nnx.state(model, nnx.Param))
     stored = load_model_config(path)
@@ -132,9 +105,3 @@ def initial_params(config: ml_collections.ConfigDict, model_config: LlamaConfig,
         head = append_vocab_rows(host["lm_head"][:, :v_old].T, v_old, v_new - v_old, padded)
         host["lm_head"] = np.ascontiguousarray(head.T)
     return jax.tree.map(lambda x, s: jax.device_put(x, s), host, param_shardings)
-
-
-def abstract_with_shardings(abstract_tree, shardings):
-    """ShapeDtypeStructs carrying the shardings restored arrays should land in."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_tree, shardings)

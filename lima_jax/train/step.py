@@ -1,4 +1,5 @@
-"""The pure training and evaluation steps, the train state, and its shardings.
+"""The pure training and evaluation steps, the train state, its shardings, and the one
+sharded step every caller compiles.
 
 The train state is a plain dict (`step`, `params`, `opt_state`, `rng`) whose `params` is
 the model's parameters as a nested dict (`nnx.to_pure_dict`), so optax and orbax see
@@ -8,12 +9,24 @@ ordinary pytrees. The model is rebuilt from them inside the jitted step
 The loss is the mean cross-entropy over the loss-mask tokens of the whole global batch:
 with gradient accumulation each micro-batch's summed loss is divided by the global
 token count, so A micro-batches give the gradient of the one large batch.
+
+`compile_train_step(config, model_config, mesh, total_steps)` builds the step a run config
+gives, sharded: the state shape-first (`jax.eval_shape`), its shardings from the logical
+axes, batch rows over the `batch` rule's mesh axes, `jax.jit` with those in/out shardings
+and the state donated, traced under the mesh and rules (the Pallas kernels place themselves
+from them). The trainer, the pod plan check (abstract inputs for a TPU slice), the
+benchmark and the tests all compile this one step, so the plan check measures exactly the
+step the trainer runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -21,6 +34,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from lima_jax import sharding as sharding_lib
 from lima_jax.model.config import LlamaConfig
 from lima_jax.model.llama import Llama, abstract_model
+from lima_jax.train.config import rows_per_device_check
+from lima_jax.train.optim import learning_rate_schedule, make_optimizer
 
 Batch = dict  # tokens, targets, segment_ids, positions: int32 [B, T]; loss_mask float32 [B, T]
 
@@ -151,3 +166,107 @@ class StepFunctions:
         )
         return {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
                 "rng": replicated}
+
+
+# ---------------------------------------------------------------------- the sharded step
+
+BATCH_FIELDS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledTrainStep:
+    """A train step compiled for one set of input shapes and shardings."""
+
+    lowered: jax.stages.Lowered
+    executable: jax.stages.Compiled
+    compile_s: float  # lowering and compiling, clocked apart from any step
+
+    def __call__(self, state: dict, batch: Batch):
+        """(new state, metrics); `state` is donated, so use only the one returned."""
+        return self.executable(state, batch)
+
+    def memory_analysis(self):
+        """Per-device bytes of the compiled step (None where the backend does not say)."""
+        return self.executable.memory_analysis()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedTrainStep:
+    """The run's train and eval steps, jitted with their shardings over `mesh`."""
+
+    fns: StepFunctions
+    mesh: Mesh
+    rules: tuple
+    rows: NamedSharding  # batch rows over the `batch` rule's mesh axes
+    abstract_state: dict  # ShapeDtypeStructs of the train state, each with its sharding
+    state_shardings: dict
+    train_step: jax.stages.Wrapped  # (state, batch) -> (state, metrics), the state donated
+    eval_step: jax.stages.Wrapped  # (params, batch) -> sums (StepFunctions.eval_step)
+
+    @property
+    def param_shardings(self) -> dict:
+        """Where each parameter lives (starting weights are loaded straight into these)."""
+        return self.state_shardings["params"]
+
+    def init_state(self, rng: jax.Array, params=None) -> dict:
+        """A fresh train state made directly in its shardings (no leaf is ever whole on one
+        device); `params` (a pure dict placed in `param_shardings`) replaces random init."""
+        if params is None:
+            return jax.jit(self.fns.init_state, out_shardings=self.state_shardings)(rng)
+        return jax.jit(self.fns.init_state, in_shardings=(None, self.param_shardings),
+                       out_shardings=self.state_shardings)(rng, params)
+
+    def abstract_batch(self, rows: int, length: int) -> Batch:
+        """ShapeDtypeStructs of a [rows, length] batch in the rows' sharding, to compile
+        without data (the pod plan check)."""
+        return {k: jax.ShapeDtypeStruct((rows, length), "float32" if k == "loss_mask" else "int32",
+                                        sharding=self.rows)
+                for k in BATCH_FIELDS}
+
+    def lower(self, state: dict, batch: Batch) -> jax.stages.Lowered:
+        """The step traced for these (concrete or abstract) inputs, under the mesh and rules."""
+        with sharding_lib.activation_context(self.mesh, self.rules):
+            return self.train_step.lower(state, batch)
+
+    def compile(self, state: dict, batch: Batch) -> CompiledTrainStep:
+        """The step compiled ahead of time for the shapes and shardings of `state` and
+        `batch` (arrays or ShapeDtypeStructs), with the time it took."""
+        start = time.perf_counter()
+        lowered = self.lower(state, batch)
+        executable = lowered.compile()
+        return CompiledTrainStep(lowered, executable, time.perf_counter() - start)
+
+    def __call__(self, state: dict, batch: Batch):
+        """One step, compiled on first use for these shapes; `state` is donated."""
+        with sharding_lib.activation_context(self.mesh, self.rules):
+            return self.train_step(state, batch)
+
+    def evaluate(self, params, batch: Batch) -> dict:
+        """Held-out sums over one batch (`StepFunctions.eval_step`), traced like the step."""
+        with sharding_lib.activation_context(self.mesh, self.rules):
+            return self.eval_step(params, batch)
+
+
+def compile_train_step(config: ml_collections.ConfigDict, model_config: LlamaConfig, mesh: Mesh,
+                       total_steps: int) -> ShardedTrainStep:
+    """The train step of run `config` for `model_config` over `mesh`, jitted with its shardings.
+
+    From the config: the optimizer and its schedule over `total_steps` (only the learning-rate
+    values depend on it), the sharding rules and the micro-batches per step; a micro-batch
+    that does not split over the devices sharing the batch stops here, naming the key.
+    `.compile(state, batch)` lowers and compiles it under the mesh and rules."""
+    rules = tuple(config.sharding_rules)
+    rows_per_device_check(config, sharding_lib.batch_devices(mesh, rules))
+    rows = sharding_lib.batch_sharding(mesh, rules)
+    fns = StepFunctions(model_config, make_optimizer(config.optimizer, total_steps),
+                        learning_rate_schedule(config.optimizer, total_steps),
+                        config.train.grad_accum_steps, micro_batch_sharding=rows)
+    abstract_state = jax.eval_shape(fns.init_state, jax.random.PRNGKey(0))
+    state_shardings = fns.state_shardings(mesh, rules, abstract_state)
+    train_step = jax.jit(fns.train_step, in_shardings=(state_shardings, rows),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+    eval_step = jax.jit(fns.eval_step, in_shardings=(state_shardings["params"], rows))
+    return ShardedTrainStep(
+        fns=fns, mesh=mesh, rules=rules, rows=rows,
+        abstract_state=sharding_lib.abstract_with_shardings(abstract_state, state_shardings),
+        state_shardings=state_shardings, train_step=train_step, eval_step=eval_step)

@@ -49,15 +49,18 @@ def test_config_overrides_and_errors(tmp_path, capsys):
     assert main(["run", "--data", DUMP, "--out", out, "--output-format", "qa", "--config", str(config_file)]) == 0
     assert "se-third-person" not in {r.id for r in read_records(out)}  # 1,585 characters < 1,800
     capsys.readouterr()
+    # Unknown keys and badly typed values are lima_jax.cli.load_config's errors: one line naming the key.
     for argv, message in [
-        (["--config.dedup.treshold=0.5"], "config.dedup.treshold: no such key"),
-        (["--config.dedup.threshold=high"], "config.dedup.threshold: expected float"),
+        (["--config.dedup.treshold=0.5"], "treshold"),
+        (["--config.dedup.threshold=high"], "dedup.threshold"),
+        (["--config", str(tmp_path / "nope.py")], "nope.py: no such config file"),
         (["--config.dedup.threshold=1.5"], "config.dedup.threshold: must be in (0, 1]"),
         (["--config.dedup.key=title"], "config.dedup.key"),
         (["--frobnicate"], "--frobnicate: unknown argument"),
     ]:
         assert main(["run", "--data", DUMP, "--out", out, *argv]) == 2
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "p"\n')
     assert main(["run", "--data", str(bad), "--out", out]) == 2

@@ -138,7 +138,7 @@ def test_bad_response_files(tmp_path):
         read_responses(dup)
     torn = tmp_path / "torn.jsonl"
     torn.write_text(json.dumps(_rows(["x"])[0]) + "\n{\"id\": ")
-    with pytest.raises(ResponseError, match=r"torn.jsonl:2: not JSON"):
+    with pytest.raises(ResponseError, match=r"torn.jsonl:2: not valid JSON .*a torn last line\?"):
         read_responses(torn)
     a = read_responses(_write(tmp_path / "a.jsonl", _rows(["x", "y", "z"])))
     b = read_responses(_write(tmp_path / "b.jsonl", _rows(["x", "y"])))
@@ -146,6 +146,14 @@ def test_bad_response_files(tmp_path):
         pair_responses(a, b)
     pairs, missing = pair_responses(a, b, intersect=True)
     assert len(pairs) == 2 and missing == {"only_in_a": 1, "only_in_b": 0}
+
+
+def test_line_separators_inside_an_answer_stay_in_it(tmp_path):
+    # JSON keeps U+2028 and U+0085 unescaped inside strings; they must not end the line.
+    text = "first\u2028second\x85third"
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(_rows([text])[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_responses(path)[("p0", 0)].text == text
 
 
 def test_unknown_judge_spec():

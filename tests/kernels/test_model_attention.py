@@ -17,8 +17,7 @@ from lima_jax import sharding as sharding_lib
 from lima_jax.model import ConfigError, Llama, get_preset
 from lima_jax.model.attention import resolve
 from lima_jax.train.config import RunConfigError, get_base_config, validate_config
-from lima_jax.train.optim import learning_rate_schedule, make_optimizer
-from lima_jax.train.step import StepFunctions
+from lima_jax.train.step import compile_train_step
 from tests.helpers.kernel_cases import random_packing
 
 
@@ -71,19 +70,14 @@ def test_pallas_logits_and_gradients_equal_xla():
 def _run_steps(attention: str, mesh, steps: int = 2):
     config = get_base_config()
     config.optimizer.learning_rate = 1e-2
-    fns = StepFunctions(_config(attention), make_optimizer(config.optimizer, 10),
-                        learning_rate_schedule(config.optimizer, 10))
-    rows = sharding_lib.batch_sharding(mesh)
-    abstract = jax.eval_shape(fns.init_state, jax.random.PRNGKey(0))
-    shardings = fns.state_shardings(mesh, config.sharding_rules, abstract)
-    state = jax.jit(fns.init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
-    step = jax.jit(fns.train_step, in_shardings=(shardings, rows), out_shardings=(shardings, None),
-                   donate_argnums=0)
+    config.data.global_batch_size = 8  # the rows of _packed_batch below
+    # The trainer's step: traced under the mesh and rules, so the kernel runs under shard_map.
+    step = compile_train_step(config, _config(attention), mesh, total_steps=10)
+    state = step.init_state(jax.random.PRNGKey(0))
     out = []
-    with sharding_lib.activation_context(mesh, config.sharding_rules):
-        for i in range(steps):
-            state, metrics = step(state, _packed_batch(8, 128, seed=i))
-            out.append((float(metrics["loss"]), float(metrics["grad_norm"])))
+    for i in range(steps):
+        state, metrics = step(state, _packed_batch(8, 128, seed=i))
+        out.append((float(metrics["loss"]), float(metrics["grad_norm"])))
     return np.asarray(out)
 
 

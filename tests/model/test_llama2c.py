@@ -2,7 +2,7 @@
 tied and untied classifiers, the RoPE base, bad files, and the real stories260K.
 
 The .bin files are written from Hugging Face checkpoints by an independent writer (its
-own inverse permutation, llama2.c's tensor order: tests/llama2c_reference.py); a numpy
+own inverse permutation, llama2.c's tensor order: tests/helpers/llama2c_reference.py); a numpy
 forward with llama2.c's interleaved RoPE over the written file gives the Hugging Face
 model's logits, so the file is a true llama2.c checkpoint; reading it back must then give
 identical logits.
@@ -17,9 +17,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from lima_jax import convert
-from lima_jax.convert import llama2c_to_hf, read_llama2c, rotary_from_hf, rotary_to_hf
 from lima_jax.model import from_hf
 from lima_jax.model.hf import CheckpointError
+from lima_jax.model.llama2c import llama2c_to_hf, read_llama2c, rotary_from_hf, rotary_to_hf
 from tests.helpers.llama2c_reference import TINY, llama2c_logits, meta_rows, tiny_hf, write_llama2c
 from tests.helpers.model_helpers import forward
 

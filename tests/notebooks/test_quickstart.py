@@ -1,18 +1,18 @@
 """The quickstart notebook's logic: the runtime, scaling LIMA's recipe to it, bringing a model
 (an uploaded directory or a llama2.c file), the data subset, prompts that fit, and the
-before/after table. The notebook itself runs in tests/test_notebooks.py."""
+before/after table. The notebook itself runs in tests/notebooks/test_notebooks.py."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from tests.helpers.llama2c_reference import write_llama2c
 
-from lima_jax.notebooks import quickstart
 from lima_jax.data import read_conversations
 from lima_jax.model import count_parameters, get_preset
+from lima_jax.notebooks import quickstart
 from lima_jax.train.config import get_base_config, rows_per_device_check, validate_config
+from tests.helpers.llama2c_reference import write_llama2c
 
 GIB = 2**30
 

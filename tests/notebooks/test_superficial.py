@@ -1,16 +1,16 @@
 """The superficial-alignment experiment's pieces: requests, the base model's own responses,
 the measurements and their summary, the fine-tuning config, the table and the plot.
-The whole experiment runs in tests/test_notebooks.py."""
+The whole experiment runs in tests/notebooks/test_notebooks.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lima_jax.notebooks import superficial
 from lima_jax.data.readers import ASSISTANT, USER, Turn
 from lima_jax.data.templates import encode_conversations
 from lima_jax.decode.load import load_for_decoding
+from lima_jax.notebooks import superficial
 from lima_jax.train.config import validate_config
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from lima_jax import bench
+from lima_jax.errors import LimaError
 
 TINY_CONFIG = '''
 from lima_jax.train.config import get_base_config
@@ -62,7 +63,13 @@ def test_overrides_are_typed_and_checked():
     c = load_config(None, ["model.preset=100m", "data.max_len=256", "optimizer.b2=0.99"])
     assert (c.model.preset, c.data.max_len, c.optimizer.b2) == ("100m", 256, 0.99)
     assert model_config(c).vocab_size == 32000 and model_config(c).residual_dropout == 0.0
-    with pytest.raises(SystemExit, match="no such config key"):
+    with pytest.raises(LimaError, match="nope"):
         load_config(None, ["model.nope=1"])
-    with pytest.raises(Exception, match="model.preset"):
+    with pytest.raises(LimaError, match="model.preset"):
         load_config(None, ["model.preset=nope"])
+
+
+def test_a_bad_override_is_one_error_line(capsys):
+    assert bench.main(["train", "--no-record", "--override", "data.max_len=abc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "data.max_len" in err and "\n" not in err

@@ -13,6 +13,7 @@ import pathlib
 
 from lima_jax.evaluate.judges.base import Judge, JudgeError, JudgeOptions
 from lima_jax.evaluate.judges.spec import make_judge
+from lima_jax.jsonl import read_jsonl
 
 
 class ReferenceJudge(Judge):
@@ -51,19 +52,15 @@ def _normalise(text: str) -> str:
 def references_from_prompts(path: str | pathlib.Path) -> dict[str, str]:
     """{prompt: answer} from a prompts file whose records carry the answer as the second turn of
     LIMA's `conversations` (or a `response` field)."""
-    path = pathlib.Path(path)
     references = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for where, record in read_jsonl(path):
         turns = record.get("conversations")
         if isinstance(turns, list) and len(turns) >= 2 and all(isinstance(t, str) for t in turns[:2]):
             references[turns[0]] = turns[1]
         elif isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
             references[record["prompt"]] = record["response"]
         else:
-            raise JudgeError(f"judge reference: {path}:{number} has no reference answer (expected "
+            raise JudgeError(f"judge reference: {where} has no reference answer (expected "
                              "'conversations': [prompt, answer] or 'prompt' and 'response')")
     return references
 

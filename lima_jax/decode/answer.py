@@ -1,0 +1,253 @@
+"""Prompt -> answer, written once: every place lima_jax answers a prompt goes through here.
+
+An answer is the prompt laid out for the template (`encode_for_template`), continued by the
+KV-cache decoder until a stop id, ``max_new_tokens`` or the end of the model's context, decoded
+to text and cut at the template's stop strings (URIAL's ``# Query:``). `Answerer` does that for
+a batch of prompts (the training run's held-out score, the notebooks, the local judge);
+`answer_file` answers every prompt of a file into a JSON Lines output and resumes one that
+exists (``python -m lima_jax.decode`` is a thin shell around it; ablations and epoch selection
+call it directly).
+
+The stop ids are chosen in one place, `stop_names`: EOS always, and the id the template writes
+at the end of each turn (`lima_jax.data.templates.end_of_turn_id`: EOT for ``lima`` and
+``plain``, and for ``urial``; EOS for ``llama2`` and ``raw``). That id is the tokenizer's, the
+one that encoded the prompt, so the end of turn in a prompt and the stop that ends its answer
+are the same id by construction. A model without an EOT row (a base model read with ``--hf``
+and no ``add_eot``) cannot produce it (padding columns are never sampled), so its answers end at
+EOS; a model that has EOT and is decoded under ``llama2`` or ``raw`` runs past it, as those
+templates never end a turn with it (a caller that wants it passes it in ``extra``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+
+from lima_jax.data.templates import end_of_turn_id
+from lima_jax.data.tokenizer import Tokenizer
+from lima_jax.decode.generate import Generation, Generator
+from lima_jax.decode.prompts import Prompt, cut_at_stop_strings, encode_for_template, read_prompts
+from lima_jax.decode.sampling import SamplingConfig
+from lima_jax.errors import InputError
+from lima_jax.jsonl import JsonlAppender, iter_lines, read_records, write_jsonl
+
+# Templates whose prompts end each turn with EOT: a model needs an EOT row to read them.
+EOT_TEMPLATES = ("lima", "plain")
+
+
+def stop_names(tokenizer: Tokenizer, template: str,
+               extra: Mapping[int, str] | None = None) -> dict[int, str]:
+    """{stop id: its name in `stop_reason`}: EOS ('eos') and the template's end of turn ('eot'
+    when it is not EOS), then `extra` (e.g. {BOS: 'bos'} to stop a base model that starts a new
+    document). See the module docstring for why the tokenizer's ids."""
+    names = {tokenizer.eos_id: "eos"}
+    end_of_turn = end_of_turn_id(template, tokenizer)  # URIAL, not a training template: EOT
+    if end_of_turn != tokenizer.eos_id:
+        names[end_of_turn] = "eot"
+    names.update(extra or {})
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One answer. text: the decoded new tokens, cut at the template's stop strings; tokens:
+    the new ids, without the stop id; stop_reason: 'eot', 'eos' (or an extra stop's name),
+    'stop_string' (cut at a URIAL stop string), 'length' (max_new_tokens) or 'context' (the
+    model's max_seq_len); stop_id: the stop id produced, if any."""
+
+    text: str
+    tokens: list[int]
+    stop_reason: str
+    stop_id: int | None = None
+
+
+class Answerer:
+    """Answers prompts under one template with one model; the compiled decoder is reused from
+    call to call. mesh: shards the model over devices (see `Generator`); extra_stops: more
+    stop ids and their names (see `stop_names`)."""
+
+    def __init__(self, model, tokenizer: Tokenizer, template: str = "lima", *, mesh=None,
+                 extra_stops: Mapping[int, str] | None = None):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.stop_names = stop_names(tokenizer, template, extra_stops)
+        self.generator = Generator(model, mesh=mesh)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.generator.config.max_seq_len
+
+    def encode(self, prompt: str) -> list[int]:
+        """The ids (BOS first) the model continues to answer `prompt` under the template."""
+        return encode_for_template(prompt, self.tokenizer, self.template)
+
+    def room(self, prompts: Sequence[Sequence[int]]) -> int:
+        """How many new tokens the longest prompt leaves room for in the model's context
+        (less than 1: none)."""
+        return self.max_seq_len - max(len(p) for p in prompts)
+
+    def answer(self, prompts: Sequence[Sequence[int]], *, sampling: SamplingConfig | None = None,
+               max_new_tokens: int = 2048, seed: int = 0, prompt_ids: Sequence[str] | None = None,
+               samples: Sequence[int] | None = None) -> list[Answer]:
+        """Answers each encoded prompt (see `Generator.generate` for sampling, seed, prompt_ids
+        and samples: a row's answer depends on (seed, its id, its sample) only)."""
+        generations = self.generator.generate(
+            prompts, sampling=sampling, max_new_tokens=max_new_tokens, stop_ids=list(self.stop_names),
+            seed=seed, prompt_ids=prompt_ids, samples=samples, stop_names=self.stop_names)
+        return [self._answer(g) for g in generations]
+
+    def answer_texts(self, texts: Sequence[str], **kwargs) -> list[Answer]:
+        """`answer` for prompt texts (each a single user turn under the template)."""
+        return self.answer([self.encode(t) for t in texts], **kwargs)
+
+    def _answer(self, generation: Generation) -> Answer:
+        text, cut = cut_at_stop_strings(self.tokenizer.decode(generation.tokens), self.template)
+        return Answer(text, generation.tokens, "stop_string" if cut else generation.stop_reason,
+                      generation.stop_id)
+
+
+# --------------------------------------------------------------------------- prompt files
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerFileResult:
+    """What `answer_file` did. kept: answers already in the output (a resumed run); written:
+    answers it added, the empty ones of too-long prompts included; too_long: ids of the prompts
+    that leave no room to answer within the model's context."""
+
+    out: pathlib.Path
+    kept: int
+    written: int
+    too_long: tuple[str, ...] = ()
+
+
+def done_rows(out: str | pathlib.Path) -> set[tuple[str, int]]:
+    """(id, sample) pairs already in OUT; a torn last line (an interrupted write), or any line
+    that is not an answer, is dropped from the file."""
+    out = pathlib.Path(out)
+    if not out.exists():
+        return set()
+    done, good = set(), []
+    for record in read_records(out, skip_invalid=True):
+        try:
+            done.add((str(record["id"]), int(record["sample"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+        good.append(record)
+    if len(good) != sum(1 for _ in iter_lines(out)):
+        write_jsonl(out, good)
+    return done
+
+
+def _read_prompts(path: str | pathlib.Path, limit: int) -> list[Prompt]:
+    prompts = read_prompts(path)
+    return prompts[:limit] if limit else prompts
+
+
+def _pending(prompts: Sequence[Prompt], done: set[tuple[str, int]],
+             num_samples: int) -> list[tuple[Prompt, int]]:
+    return [(p, s) for p in prompts for s in range(num_samples) if (p.id, s) not in done]
+
+
+def missing_answers(prompts: str | pathlib.Path, out: str | pathlib.Path, *, num_samples: int = 1,
+                    limit: int = 0) -> list[tuple[Prompt, int]]:
+    """The (prompt, sample) answers `answer_file` would still write into `out` (none: done)."""
+    return _pending(_read_prompts(prompts, limit), done_rows(out), num_samples)
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def _answer_record(prompt: Prompt, sample: int, answer: Answer | None) -> dict:
+    """One output line; `answer` None: the prompt left no room to answer."""
+    if answer is None:
+        return {"id": prompt.id, "sample": sample, "prompt": prompt.text, "text": "",
+                "tokens": [], "num_tokens": 0, "stop_reason": "prompt_too_long"}
+    return {"id": prompt.id, "sample": sample, "prompt": prompt.text, "text": answer.text,
+            "tokens": answer.tokens, "num_tokens": len(answer.tokens), "stop_reason": answer.stop_reason}
+
+
+def answer_file(prompts: str | pathlib.Path, out: str | pathlib.Path, *, ckpt: str | None = None,
+                hf: str | None = None, tokenizer: str | None = None, dtype: str | None = None,
+                mesh=None, template: str = "lima", sampling: SamplingConfig | None = None,
+                max_new_tokens: int = 2048, num_samples: int = 1, batch_size: int = 8, seed: int = 0,
+                limit: int = 0, progress: bool = False) -> AnswerFileResult:
+    """Answers every prompt of the JSON Lines file `prompts` (`num_samples` each; only the first
+    `limit` prompts when set) with the model at `ckpt` or `hf` (`load_for_decoding`), appending
+    one line per answer to `out` in ``python -m lima_jax.decode``'s format.
+
+    An existing `out` is resumed: its (id, sample) answers are kept and not redone, and when
+    none is missing the model is not even loaded. Rows are batched longest prompt first; each
+    answer depends on (seed, id, sample) only, not on its batch. `sampling` defaults to LIMA's.
+    """
+    _check_counts(num_samples=num_samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    sampling = SamplingConfig() if sampling is None else sampling
+    out = pathlib.Path(out)
+    prompt_list = _read_prompts(prompts, limit)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_rows(out)
+    rows = _pending(prompt_list, done, num_samples)
+    if not rows:
+        out.touch()
+        if done:
+            print(f"decode: resuming {out}: {len(done)} answers there, 0 to go")
+        return AnswerFileResult(out, len(done), 0)
+
+    from lima_jax.decode.load import load_for_decoding  # heavy imports only when there is work
+
+    model, tok = load_for_decoding(ckpt=ckpt, hf=hf, tokenizer=tokenizer, dtype=dtype,
+                                   add_eot=template in EOT_TEMPLATES, mesh=mesh)
+    if model.config.eot_token_id is None and template in EOT_TEMPLATES:
+        print(f"decode: warning: the model has no EOT token; template {template} answers "
+              "stop only at EOS or --max-new-tokens", file=sys.stderr)
+    answerer = Answerer(model, tok, template, mesh=mesh)
+    encoded = {p.id: answerer.encode(p.text) for p in prompt_list}
+    too_long = _too_long(encoded, answerer.max_seq_len)
+    with JsonlAppender(out) as writer:
+        # A prompt that leaves no room to answer gets an empty answer, so none goes missing.
+        for prompt, sample in rows:
+            if prompt.id in too_long:
+                writer.write(_answer_record(prompt, sample, None))
+        _answer_rows(answerer, [(p, s) for p, s in rows if p.id not in too_long], encoded, writer,
+                     sampling=sampling, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     seed=seed, progress=progress, kept=len(done), out=out)
+    return AnswerFileResult(out, len(done), len(rows), tuple(sorted(too_long)))
+
+
+def _too_long(encoded: Mapping[str, list[int]], max_seq_len: int) -> set[str]:
+    """Ids of the prompts with no room to answer within the context, counted on stderr."""
+    too_long = {pid for pid, ids in encoded.items() if len(ids) >= max_seq_len}
+    if too_long:
+        print(f"decode: {len(too_long)} prompt(s) have max_seq_len={max_seq_len} tokens or "
+              f"more and get an empty answer (stop_reason prompt_too_long), e.g. "
+              f"{sorted(too_long)[:3]}", file=sys.stderr)
+    return too_long
+
+
+def _answer_rows(answerer: Answerer, rows, encoded, writer: JsonlAppender, *, sampling, max_new_tokens,
+                 batch_size, seed, progress, kept: int, out: pathlib.Path) -> None:
+    from tqdm import tqdm
+
+    rows = sorted(rows, key=lambda row: -len(encoded[row[0].id]))  # similar lengths share a batch
+    bar = tqdm(total=len(rows), unit="sample", disable=not progress, file=sys.stderr, initial=0,
+               desc="decode")
+    if kept:
+        bar.write(f"decode: resuming {out}: {kept} answers there, {len(rows)} to go")
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        # Full batches only (one compile per prompt bucket): repeat the last row as filler.
+        filled = batch + [batch[-1]] * (batch_size - len(batch))
+        answers = answerer.answer([encoded[p.id] for p, _ in filled], sampling=sampling,
+                                  max_new_tokens=max_new_tokens, seed=seed,
+                                  prompt_ids=[p.id for p, _ in filled], samples=[s for _, s in filled])
+        for (prompt, sample), answer in zip(batch, answers):
+            writer.write(_answer_record(prompt, sample, answer))
+        new_tokens = sum(len(a.tokens) for a in answers[: len(batch)])
+        bar.set_postfix(tok_s=f"{new_tokens / max(answerer.generator.timing.decode_s, 1e-9):.0f}")
+        bar.update(len(batch))
+    bar.close()

@@ -11,7 +11,6 @@ tokens in the batches per second of wall time, median of ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import random
 import shutil
@@ -24,6 +23,7 @@ import numpy as np
 
 from lima_jax.data.config import get_default_data_config
 from lima_jax.data.pipeline import build_pipeline
+from lima_jax.jsonl import read_records
 
 _SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GOAL_TOKENS_PER_S = 120_000
@@ -75,8 +75,7 @@ def _baseline(args: argparse.Namespace) -> tuple[float, int]:
         start = time.perf_counter()
         tok = LlamaTokenizer.from_pretrained(model_dir)
     eot, t = len(tok), args.max_len
-    with open(args.data, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_records(args.data)
     encoded = iter(tok([u for r in records for u in r["conversations"]],
                        add_special_tokens=False)["input_ids"])
     examples = []

@@ -6,9 +6,10 @@ Only process 0 writes; every other process gets a logger that does nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
+
+from lima_jax.jsonl import JsonlAppender, read_records, write_jsonl
 
 
 class MetricsLogger:
@@ -23,7 +24,7 @@ class MetricsLogger:
         if not enabled:
             return
         self._truncate_after(initial_step)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = JsonlAppender(self.path)
         try:
             from tensorboardX import SummaryWriter
 
@@ -40,21 +41,14 @@ class MetricsLogger:
         file reads as one uninterrupted run."""
         if not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut off by a kill
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        # skip_invalid: a line cut off by a kill is dropped with the steps after it.
+        kept = [r for r in read_records(self.path, skip_invalid=True) if r.get("step", 0) <= step]
+        write_jsonl(self.path, kept)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        self._file.write(record)
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -93,7 +87,7 @@ def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in pathlib.Path(metrics_path).read_text().splitlines() if line]
+    records = read_records(metrics_path, skip_invalid=True)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     held_out = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     if not train:

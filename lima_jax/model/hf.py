@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.model"  # a SentencePiece tokenizer, as Hugging Face directories name it
 NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
@@ -461,5 +462,5 @@ def to_hf(
     generation = {"bos_token_id": hf_config["bos_token_id"], "eos_token_id": hf_config["eos_token_id"]}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
     if tokenizer_model is not None:
-        shutil.copyfile(tokenizer_model, out / "tokenizer.model")
+        shutil.copyfile(tokenizer_model, out / TOKENIZER_FILE)
     return out

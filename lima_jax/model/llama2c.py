@@ -18,8 +18,7 @@ import struct
 import numpy as np
 from safetensors.numpy import save_file
 
-from lima_jax.checkpoint import TOKENIZER_FILE
-from lima_jax.model.hf import SAFETENSORS_FILE, CheckpointError
+from lima_jax.model.hf import SAFETENSORS_FILE, TOKENIZER_FILE, CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,17 @@
 Each process gets its own fake CPU devices (XLA's host-platform device count) and joins
 the others through `jax.distributed` with a coordinator on localhost; CPU collectives run
 over gloo. This is how multi-host behaviour (each host feeding its share of the global
-batch, only process 0 writing logs) is exercised without a pod. Exits non-zero if any
-process fails.
+batch, only process 0 writing logs, every host stopping at the same step after a SIGTERM) is
+exercised without a pod. Each process's pid is printed (`process 1: pid 1234`), so one host
+alone can be sent a SIGTERM; a SIGTERM to this launcher goes to every process, as a preemption
+of the whole slice would. Exits non-zero if any process fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +27,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def forward_signals(processes: list[subprocess.Popen]) -> None:
+    """A SIGTERM to the launcher is passed on to every process (they save and stop together)
+    instead of killing the launcher and orphaning them. (Ctrl-C reaches them all already: the
+    terminal signals the whole process group.)"""
+    def forward(signum, frame):
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
 
 
 def main() -> int:
@@ -45,6 +60,8 @@ def main() -> int:
                    f"--config.distributed.num_processes={args.num_processes}",
                    f"--config.distributed.process_id={index}"]
         processes.append(subprocess.Popen(command, env=env))
+        print(f"local_multiprocess: process {index}: pid {processes[-1].pid}", file=sys.stderr, flush=True)
+    forward_signals(processes)
     codes = [p.wait() for p in processes]
     for index, code in enumerate(codes):
         if code:

@@ -7,19 +7,31 @@ the step each epoch ended at. Restoring is shape-first: the parameters are read 
 their (optionally sharded) layout. `checkpoint_kind` tells the four kinds of directory apart
 (Hugging Face, model checkpoint, training step, training workdir); `epoch_checkpoint` finds the
 step directory that ended an epoch; `load_train_model` reads only the parameters of a step.
+
+A training step that does not restore (a truncated or missing file, non-finite weights) is passed
+over for the newest one that does (`newest_that_restores`, used by the trainer's resume and by
+decoding from a workdir), each one skipped named in a warning; when none restores, one
+`CheckpointError` names the workdir (README "Training").
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import pathlib
 import shutil
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from lima_jax.errors import InputError
+from lima_jax import sharding as sharding_lib
+from lima_jax.errors import InputError, LimaError
 from lima_jax.jsonl import read_json
 from lima_jax.model.config import LlamaConfig
 from lima_jax.model.llama import Llama, abstract_model
@@ -31,6 +43,12 @@ HF_CONFIG_FILE = "config.json"  # a Hugging Face model directory's
 CHECKPOINTS_DIR = "checkpoints"  # a training workdir's step directories
 TRAIN_STATE_DIR = "state"  # a training step directory's train state
 EPOCHS_FILE = "epochs.json"  # a training workdir's {"epoch_end_steps": [...]}
+# Where a resumed run moves the step directories that did not restore: kept for a look, and out
+# of the way of the steps the run saves again.
+UNRESTORABLE_DIR = "unrestorable_checkpoints"
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The kinds of directory `checkpoint_kind` tells apart.
 HF, MODEL, TRAIN_STEP, WORKDIR = "hf", "model", "train_step", "workdir"
@@ -96,13 +114,145 @@ def epoch_checkpoint(workdir: str | os.PathLike, epoch: int) -> pathlib.Path | N
     return step_dir if step_dir.is_dir() else None
 
 
+# --------------------------------------------------------------------------- which step restores
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used (it does not restore, or holds another model); the
+    message names the step directory or workdir."""
+
+
+class NonFiniteWeights(CheckpointError):
+    """Restored parameters that hold a NaN or an infinity: passed over like a damaged file."""
+
+
+def check_finite(params) -> None:
+    """Raises NonFiniteWeights when any parameter holds a NaN or an infinity."""
+    finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(params)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if finite and not bool(jnp.stack(finite).all()):
+        raise NonFiniteWeights("its weights hold NaN or inf")
+
+
+def restore_problem(err: Exception) -> str:
+    """One short line of why a restore failed (orbax and tensorstore errors run to pages). The
+    failed restore's other reads still end in the background, each printing a traceback of its
+    own; those are silenced from here on (`_silence_abandoned_reads`)."""
+    _silence_abandoned_reads()
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+    tb = exc.__traceback__ if exc is not None else None
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _is_abandoned_read(unraisable) -> bool:
+    """An error of a read a failed restore left running: orbax's read coroutine, or tensorstore
+    calling back into the event loop that the restore has already closed."""
+    exc, obj = unraisable.exc_value, unraisable.object
+    if inspect.iscoroutine(obj) and f"{os.sep}orbax{os.sep}" in obj.cr_code.co_filename:
+        return True
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _is_abandoned_read_log(record: logging.LogRecord) -> bool:
+    """asyncio's "exception was never retrieved" about an orbax read of a failed restore."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return "never retrieved" in str(record.msg) and _raised_in_orbax(exc)
+
+
+def _silence_abandoned_reads() -> None:
+    """Drops the errors of reads a failed restore left running: they reach `sys.unraisablehook`
+    and asyncio's logger at any later time, a traceback each. Every other error goes on as
+    before. Installed once, at the first failed restore."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        if not _is_abandoned_read(unraisable):
+            previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(lambda record: not _is_abandoned_read_log(record))
+
+
+def newest_that_restores(steps: Sequence[int], restore: Callable[[int], T],
+                         where: str | os.PathLike) -> tuple[int, T, list[int]]:
+    """(step, what `restore(step)` returned, the steps skipped) for the newest of `steps` that
+    restores. A step whose restore raises (or whose weights are not finite) is skipped with a
+    warning naming it and why; any other LimaError (a checkpoint of another model, say) is the
+    user's to fix and stops at once. When none restores, a CheckpointError names `where`. Every
+    host takes the same step: one that fails on any host is skipped on all."""
+    skipped: list[int] = []
+    reasons: list[str] = []
+    for step in sorted(steps, reverse=True):
+        try:
+            value, problem = restore(step), ""
+        except NonFiniteWeights as err:
+            value, problem = None, str(err)
+        except LimaError:
+            raise
+        except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+            value, problem = None, restore_problem(err)
+        if not sharding_lib.on_every_host(not problem):
+            problem = problem or "it does not restore on another host"
+        if not problem:
+            return step, value, skipped
+        log.warning("%s: checkpoint step %d does not restore (%s); trying an older one", where, step, problem)
+        skipped.append(step)
+        reasons.append(f"step {step}: {problem}")
+    raise CheckpointError("no checkpoint restores" + (f" ({'; '.join(reasons)})" if reasons else ""),
+                          where=str(where), hint="start a new run (config.overwrite=True), or restore "
+                          "the files from a copy")
+
+
+def check_param_shapes(step_dir: str | os.PathLike, abstract_params: dict) -> None:
+    """Raises CheckpointError when the parameters saved in a training step directory do not have
+    the shapes of `abstract_params` (the model the config makes), naming the first that differs."""
+    stored = ocp.StandardCheckpointHandler().metadata(pathlib.Path(step_dir) / TRAIN_STATE_DIR).tree
+    saved = _shapes(stored["params"])
+    wanted = _shapes(abstract_params)
+    for name in sorted(saved.keys() | wanted.keys()):
+        if saved.get(name) != wanted.get(name):
+            raise CheckpointError(
+                f"holds parameter {name} of shape {saved.get(name, 'none')}, but the config's model "
+                f"makes {wanted.get(name, 'none')}", where=str(step_dir),
+                hint="resume with the model the run started with (config.model.*, the tokenizer), "
+                     "or start a new run in another workdir")
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{'layers.attention.wq': shape, ...} of a nested dict of arrays."""
+    return {".".join(str(getattr(key, "key", key)) for key in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 # --------------------------------------------------------------------------- model checkpoints
 
 
 def save_model(model: Llama, ckpt_dir: str | os.PathLike, *,
                tokenizer_model: str | os.PathLike | None = None) -> pathlib.Path:
-    """Writes `model` to `ckpt_dir` (created; an existing params/ is replaced)."""
+    """Writes `model` to `ckpt_dir` (created; an existing params/ is replaced).
+
+    Only a new or empty folder or a lima_jax model checkpoint (model_config.json + params/) is
+    written to; any other folder, or a file, raises an InputError naming it and is left as it is."""
     ckpt_dir = pathlib.Path(ckpt_dir).absolute()
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise InputError("is a file; a model checkpoint is a folder", where=str(ckpt_dir))
+    # Replace only what an earlier save wrote: whatever else the folder holds is someone's data.
+    is_checkpoint = (ckpt_dir / MODEL_CONFIG_FILE).is_file() and (ckpt_dir / PARAMS_DIR).is_dir()
+    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()) and not is_checkpoint:
+        raise InputError("is not empty and not a lima_jax model checkpoint (model_config.json + params/)",
+                         where=str(ckpt_dir), hint="choose a new or empty folder; nothing was written")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     params_dir = ckpt_dir / PARAMS_DIR
     if params_dir.exists():
@@ -215,6 +365,37 @@ class TrainCheckpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def restore_newest(self, abstract_state: dict) -> tuple[int, tuple[dict, dict, dict], list[int]]:
+        """(step, (state, data_state, meta), steps skipped) of the newest checkpoint that restores
+        with finite weights (`newest_that_restores`); one saved for another model's shapes
+        raises a CheckpointError instead."""
+
+        def restore(step: int):
+            check_param_shapes(self.directory / str(step), abstract_state["params"])
+            restored = self.restore(step, abstract_state)
+            check_finite(restored[0]["params"])
+            return restored
+
+        return newest_that_restores(self.all_steps(), restore, self.directory.parent)
+
+    def set_aside(self, steps: Sequence[int]) -> list[pathlib.Path]:
+        """Moves the step directories `steps` out of `checkpoints/` into `UNRESTORABLE_DIR`
+        beside it (process 0; every host waits), so the run can save those steps again."""
+        moved = []
+        if jax.process_index() == 0:
+            aside = self.directory.parent / UNRESTORABLE_DIR
+            aside.mkdir(exist_ok=True)
+            for step in steps:
+                target = aside / str(step)
+                suffix = 1
+                while target.exists():
+                    target, suffix = aside / f"{step}.{suffix}", suffix + 1
+                shutil.move(str(self.directory / str(step)), target)
+                moved.append(target)
+        sharding_lib.sync_hosts("lima_jax.checkpoint.set_aside")
+        self.manager.reload()
+        return moved
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())

@@ -9,17 +9,27 @@ memory for the model once, not twice. A llama2.c checkpoint (karpathy/llama2.c's
 `stories*.bin`, float32 formats v0 and v1, read by `lima_jax.model.llama2c`) becomes a
 Hugging Face directory, which `from_hf`, training (`model.init_from`) and decoding then
 read like any other.
+
+``--out`` is written only when it is new, empty, or already what the command writes (a lima_jax
+model checkpoint for ``hf-to-lima``, a Hugging Face model directory for the others), which is
+replaced; any other folder, or a file, stops the command before anything is read or written,
+with one line naming it (`check_out_dir`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import sys
 
 from lima_jax.checkpoint import (
+    HF,
+    HF_CONFIG_FILE,
     MODEL,
+    MODEL_CONFIG_FILE,
+    PARAMS_DIR,
     TOKENIZER_FILE,
     checkpoint_kind,
     load_model,
@@ -27,15 +37,46 @@ from lima_jax.checkpoint import (
 )
 from lima_jax.cli import run_command
 from lima_jax.decode.load import load_for_decoding
-from lima_jax.model.hf import NUMPY_DTYPES, from_hf, to_hf
+from lima_jax.errors import InputError
+from lima_jax.model.hf import NUMPY_DTYPES, SAFETENSORS_FILE, SAFETENSORS_INDEX, from_hf, to_hf
 from lima_jax.model.llama import count_parameters
 from lima_jax.model.llama2c import llama2c_to_hf
 
 log = logging.getLogger("lima_jax.convert")
 
 
+# What each kind of --out must already be for a conversion to replace it.
+OUT_KINDS = {MODEL: "a lima_jax model checkpoint (model_config.json + params/)",
+             HF: "a Hugging Face model directory (config.json + safetensors)"}
+
+
+def _is_of_kind(folder: pathlib.Path, kind: str) -> bool:
+    if kind == MODEL:
+        return (folder / MODEL_CONFIG_FILE).is_file() and (folder / PARAMS_DIR).is_dir()
+    # config.json alone is no proof: a training workdir holds one too.
+    weights = [SAFETENSORS_FILE, SAFETENSORS_INDEX, "model-*-of-*.safetensors", "pytorch_model*.bin"]
+    return (folder / HF_CONFIG_FILE).is_file() and any(any(folder.glob(w)) for w in weights)
+
+
+def check_out_dir(out: str | os.PathLike, kind: str) -> pathlib.Path:
+    """`out` as a folder a conversion may write: new, empty, or already of `kind` (MODEL or HF),
+    which the conversion replaces. Anything else, a file where a folder goes included, raises an
+    InputError naming it, before anything is read or written."""
+    out = pathlib.Path(out)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == out:
+        raise InputError("is a file; --out names a folder", where=str(out))
+    if blocker is not None:
+        raise InputError(f"cannot be created: {blocker} is a file", where=str(out))
+    if out.is_dir() and any(out.iterdir()) and not _is_of_kind(out, kind):
+        raise InputError(f"is not empty and not {OUT_KINDS[kind]}", where=str(out),
+                         hint="choose a new or empty folder; nothing was written")
+    return out
+
+
 def hf_to_lima(hf_dir: str, out: str, *, dtype: str = "float32", add_eot: bool = False) -> pathlib.Path:
     """Converts a Hugging Face LLaMA directory into a lima_jax model checkpoint."""
+    check_out_dir(out, MODEL)
     model = from_hf(hf_dir, dtype=dtype, add_eot=add_eot)
     tokenizer = pathlib.Path(hf_dir) / TOKENIZER_FILE
     path = save_model(model, out, tokenizer_model=tokenizer if tokenizer.is_file() else None)
@@ -51,6 +92,7 @@ def lima_to_hf(ckpt: str, out: str, *, dtype: str | None = None, max_shard_gb: f
     `ckpt` is a model checkpoint (`hf-to-lima`'s), a training step directory, or a training
     workdir (its latest step), as `python -m lima_jax.decode --ckpt` accepts.
     """
+    check_out_dir(out, HF)
     path = pathlib.Path(ckpt)
     tokenizer_bytes = None
     if checkpoint_kind(path) == MODEL:  # its tokenizer.model is optional here
@@ -100,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "hf-to-lima":
         hf_to_lima(args.hf, args.out, dtype=args.dtype, add_eot=args.add_eot)
     elif args.command == "llama2c-to-hf":
+        check_out_dir(args.out, HF)
         llama2c_to_hf(args.bin, args.out, tokenizer_model=args.tokenizer)
     else:
         lima_to_hf(args.ckpt, args.out, dtype=args.dtype, max_shard_gb=args.max_shard_gb)

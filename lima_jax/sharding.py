@@ -5,7 +5,8 @@ head_dim, mlp, layers`) and batch rows `batch`; this module is the one place tha
 maps those names onto the mesh axes `data, fsdp, tensor`. Default rules are FSDP
 over `embed`, tensor parallelism over heads, MLP and vocabulary, and batch rows
 over data and fsdp. It also joins the other hosts of a multi-host run
-(`maybe_initialize_distributed`) before any mesh is made.
+(`maybe_initialize_distributed`) before any mesh is made, and lets them wait for each other
+(`sync_hosts`) and agree (`on_every_host`).
 """
 
 from __future__ import annotations
@@ -108,6 +109,23 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
             raise
     log.info("process %d of %d, %d local devices of %d", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+
+
+def sync_hosts(tag: str) -> None:
+    """Every host waits here until all have reached the same `tag` (nothing on one host)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(tag)
+
+
+def on_every_host(flag: bool) -> bool:
+    """True when `flag` is true on every host (one host: `flag`)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -127,3 +127,10 @@ def test_sharded_hf_import_places_slices(mesh, tmp_path):
     assert model.layers.mlp.w_up[...].sharding.spec == P(None, "fsdp", "tensor")
     for a, b in zip(_variables(model), _variables(plain)):
         np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]))
+
+
+def test_one_host_needs_no_barrier_and_agrees_with_itself():
+    from lima_jax.sharding import on_every_host, sync_hosts
+
+    sync_hosts("nothing to wait for")
+    assert on_every_host(True) is True and on_every_host(False) is False

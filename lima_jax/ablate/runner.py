@@ -51,12 +51,14 @@ def _say(message: str) -> None:
 
 def _cell_run_config(config, cell_dir: pathlib.Path, data_path: pathlib.Path,
                      tokenizer: str) -> ml_collections.ConfigDict:
-    """The recipe with this cell's workdir and data; resume=True so an interrupted run continues."""
+    """The recipe with this cell's workdir and data. resume and overwrite together: an
+    interrupted run continues from its checkpoint, and a cell with none starts afresh."""
     run = ml_collections.ConfigDict(config.recipe.to_dict())
     run.workdir = str(cell_dir / "train")
     run.data.path = str(data_path)
     run.data.tokenizer = tokenizer
     run.resume = True
+    run.overwrite = True
     return run
 
 

@@ -11,14 +11,16 @@
       (--tokenizer tokenizer.model | --train-tokenizer-vocab 512) [--preset tiny | --init-from CKPT]
 
 Inputs are ``qa`` dumps or any instruction format the data package reads (records.py); outputs
-are LIMA JSON Lines by default (``--output-format qa`` keeps scores and metadata). A data or config
-problem prints ``error: where: what (what to do)`` and exits with status 2.
+are LIMA JSON Lines by default (``--output-format qa`` keeps scores and metadata), each written
+whole or not at all (a temporary file renamed over the target), and never over one of the inputs.
+A data or config problem prints ``error: where: what (what to do)`` and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import pathlib
 import sys
 
 from lima_jax.cli import run_command
@@ -48,6 +50,22 @@ def _write_report(args: argparse.Namespace, built: dict) -> None:
         write_text_atomic(args.report, report.to_markdown(built))
     if args.report_json:
         write_json(args.report_json, built)
+
+
+# The options that name files a command writes, and those that name files it reads.
+OUTPUT_OPTIONS = ("out", "removed", "report", "report_json", "scores")
+INPUT_OPTIONS = ("data", "eval", "target")
+
+
+def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
+    """A DataError when an output is one of the inputs: the curated subset would replace the data."""
+    inputs = {pathlib.Path(p).resolve() for name in INPUT_OPTIONS
+              for p in records_lib.split_paths(getattr(args, name, "") or "")}
+    for name in OUTPUT_OPTIONS:
+        value = getattr(args, name, "") or ""
+        if value and pathlib.Path(value).resolve() in inputs:
+            raise DataError(f"--{name.replace('_', '-')}", f"{value} is also an input",
+                            "write to another file; the input is left as it is", "config")
 
 
 def _stages(built: dict) -> str:
@@ -211,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [a for a in rest if not a.startswith("--config.")]
         if unknown:
             raise DataError(unknown[0], "unknown argument", "see python -m lima_jax.curate --help", "config")
+        _refuse_overwriting_inputs(args)
         args.run(args, rest)
 
     return run_command(command)

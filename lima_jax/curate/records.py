@@ -10,13 +10,15 @@ A raw Q&A dump is JSON Lines (or a JSON array) in the ``qa`` format, one object 
 
 The instruction formats the data package reads (LIMA jsonl, Alpaca, Dolly, FastChat/ShareGPT,
 OpenAI messages) are read too, through :mod:`lima_jax.data.readers`; a record whose last turn is
-an unanswered prompt (the LIMA test set) gets an empty response. Every error names ``file:line``.
-Records are written back as ``qa`` or ``lima`` JSON Lines, the latter ready for training.
+an unanswered prompt (the LIMA test set) gets an empty response. Every error names ``file:line``:
+a score that is NaN or infinite, text with a lone surrogate escape and JSON nested too deep are
+errors too. Records are written back as ``qa`` or ``lima`` JSON Lines, the latter ready for training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -66,6 +68,22 @@ def _detect(record: Any) -> str | None:
     return detect_format(record)
 
 
+def _qa_score(record: dict) -> float | None:
+    """A qa record's 'score' (None when it has none); a RecordError unless it is a number."""
+    score = record.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise RecordError(f"'score' is {score!r}, not a number", "bad_score")
+    return _finite(score)
+
+
+def _finite(score: float | None) -> float | None:
+    """`score`; a RecordError when it is NaN or infinite, which Python's json reads (``NaN``,
+    ``Infinity``) and which would sort and select arbitrarily."""
+    if isinstance(score, float) and not math.isfinite(score):
+        raise RecordError(f"'score' is {score!r}, not a finite number", "bad_score")
+    return score
+
+
 def _qa(record: dict, source: str, record_id: str, location: str) -> Record:
     for key in ("prompt", "response"):
         if key not in record:
@@ -73,9 +91,7 @@ def _qa(record: dict, source: str, record_id: str, location: str) -> Record:
                               "missing_field")
         if not isinstance(record[key], str):
             raise RecordError(f"{key!r} is {type(record[key]).__name__}, not a string", "not_a_string")
-    score = record.get("score")
-    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-        raise RecordError(f"'score' is {score!r}, not a number", "bad_score")
+    score = _qa_score(record)
     history = record.get("history") or []
     if not isinstance(history, list) or not all(isinstance(t, str) for t in history):
         raise RecordError("'history' must be a list of strings (user, assistant, ...)", "bad_history")
@@ -108,10 +124,9 @@ def _from_conversation(record: dict, fmt: str, source: str, record_id: str, loca
     meta: dict[str, Any] = {"system": system} if system else {}
     if fmt == "alpaca" and "category" in record:  # Dolly: the category is its source
         meta["category"] = record["category"]
-    if "score" in record and isinstance(record["score"], (int, float)):
-        score = record["score"]
-    else:
-        score = None
+    score = record.get("score")
+    # Not a field of these formats: a score that is no number is ignored, as it always was.
+    score = _finite(score) if isinstance(score, (int, float)) else None
     return Record(prompt=prompt, response=response, source=conversation.source, id=conversation.id,
                   score=score, history=tuple(history), meta=meta, location=location)
 

@@ -4,7 +4,9 @@ Every reader yields :class:`Conversation` (turns with roles, plus the record's s
 Files may be JSON Lines (one object per line) or a JSON array of objects; which of the four
 record formats a file holds is detected from its first record, or named (``format=``).
 A bad record raises :class:`DataError` naming ``file:line`` and what was wrong, or, with
-``on_error='skip'``, is counted in a :class:`SkipLog` (never dropped silently).
+``on_error='skip'``, is counted in a :class:`SkipLog` (never dropped silently). Bad includes text
+that would only fail later, far from the file: a lone surrogate escape (JSON ``"\ud800"``, which
+SentencePiece cannot encode) and JSON nested deeper than the parser allows (`lima_jax.jsonl.parse_line`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from lima_jax.data.errors import DataError, RecordError, SkipLog, check_on_error
+from lima_jax.jsonl import JsonLineError, check_encodable, parse_line
 
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
 FORMATS = ("lima", "alpaca", "fastchat", "openai")
@@ -202,12 +205,15 @@ def _iter_jsonl(path: str, data: bytes) -> Iterator[tuple[int, Any, DataError | 
             )
             continue
         try:
-            yield number, json.loads(text), None
+            record, error = parse_line(text), None
         except json.JSONDecodeError as e:
-            yield number, None, DataError(
+            record, error = None, DataError(
                 f"{path}:{number}", f"malformed JSON at column {e.colno}: {e.msg}",
                 "each line must be one complete JSON object", "malformed_json",
             )
+        except JsonLineError as e:  # nested too deep, or a lone surrogate
+            record, error = None, DataError(f"{path}:{number}", e.what, e.hint, e.kind)
+        yield number, record, error
 
 
 def _iter_json_array(path: str, data: bytes) -> Iterator[tuple[int, Any, DataError | None]]:
@@ -248,7 +254,9 @@ def _iter_json_array(path: str, data: bytes) -> Iterator[tuple[int, Any, DataErr
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as e:
             raise syntax_error(e.pos, f"malformed JSON: {e.msg}") from None
-        yield line_of(position), value, None
+        except RecursionError:  # where this element ends is unknown, as after a syntax error
+            raise syntax_error(position, "JSON nested deeper than the parser allows") from None
+        yield line_of(position), *_encodable(value, text[position:end], f"{path}:{line_of(position)}")
         position = skip_space(end)
         if position < n and text[position] == ",":
             position += 1
@@ -258,6 +266,16 @@ def _iter_json_array(path: str, data: bytes) -> Iterator[tuple[int, Any, DataErr
             return
         else:
             raise syntax_error(position, "expected ',' or ']' between array elements")
+
+
+def _encodable(value: Any, text: str, where: str) -> tuple[Any, DataError | None]:
+    """(value, None), or (None, the error) when a string of it holds a lone surrogate: one
+    element, which the reader can skip."""
+    try:
+        check_encodable(value, text)
+    except JsonLineError as e:
+        return None, DataError(where, e.what, e.hint, e.kind)
+    return value, None
 
 
 def iter_records(path: str) -> Iterator[tuple[int, Any, DataError | None]]:

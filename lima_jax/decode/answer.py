@@ -5,8 +5,8 @@ KV-cache decoder until a stop id, ``max_new_tokens`` or the end of the model's c
 to text and cut at the template's stop strings (URIAL's ``# Query:``). `Answerer` does that for
 a batch of prompts (the training run's held-out score, the notebooks, the local judge);
 `answer_file` answers every prompt of a file into a JSON Lines output and resumes one that
-exists (``python -m lima_jax.decode`` is a thin shell around it; ablations and epoch selection
-call it directly).
+exists, refusing a file it did not write (``python -m lima_jax.decode`` is a thin shell around
+it; ablations and epoch selection call it directly).
 
 The stop ids are chosen in one place, `stop_names`: EOS always, and the id the template writes
 at the end of each turn (`lima_jax.data.templates.end_of_turn_id`: EOT for ``lima`` and
@@ -31,7 +31,7 @@ from lima_jax.decode.generate import Generation, Generator
 from lima_jax.decode.prompts import Prompt, cut_at_stop_strings, encode_for_template, read_prompts
 from lima_jax.decode.sampling import SamplingConfig
 from lima_jax.errors import InputError
-from lima_jax.jsonl import JsonlAppender, iter_lines, read_records, write_jsonl
+from lima_jax.jsonl import JsonlAppender, make_folder_for, read_jsonl, torn_tail
 
 # Templates whose prompts end each turn with EOT: a model needs an EOT row to read them.
 EOT_TEMPLATES = ("lima", "plain")
@@ -123,22 +123,52 @@ class AnswerFileResult:
     too_long: tuple[str, ...] = ()
 
 
+# Every line decode writes starts so (`_answer_record`'s first key): how a torn last line of its
+# own is told from the end of some other file.
+ANSWER_LINE_START = b'{"id": '
+NOT_DECODE_OUTPUT = "OUT exists and is not decode output; it is left as it is: choose another --out"
+
+
 def done_rows(out: str | pathlib.Path) -> set[tuple[str, int]]:
-    """(id, sample) pairs already in OUT; a torn last line (an interrupted write), or any line
-    that is not an answer, is dropped from the file."""
+    """(id, sample) pairs already in OUT, an answer file of `answer_file`'s; reading changes nothing.
+
+    A last line an interrupted run cut short is passed over (`answer_file` sets it aside before
+    appending). Any other line that is not an answer means OUT is some other file: an InputError
+    naming its first such ``file:line``, so a resumed run never drops or rewrites it."""
     out = pathlib.Path(out)
+    if out.is_dir():
+        raise InputError("is a directory; --out names the JSON Lines file answers go to", where=str(out))
     if not out.exists():
         return set()
-    done, good = set(), []
-    for record in read_records(out, skip_invalid=True):
-        try:
-            done.add((str(record["id"]), int(record["sample"])))
-        except (KeyError, TypeError, ValueError):
-            continue
-        good.append(record)
-    if len(good) != sum(1 for _ in iter_lines(out)):
-        write_jsonl(out, good)
-    return done
+    _check_torn_tail(out)
+    try:
+        return {_answer_key(record, where) for where, record in read_jsonl(out, skip_torn_tail=True)}
+    except InputError as err:
+        if err.hint:
+            raise
+        raise InputError(err.what, where=err.where, hint=NOT_DECODE_OUTPUT) from None
+
+
+def _check_torn_tail(out: pathlib.Path) -> None:
+    """Refuses a cut-short last line that is not the start of an answer line."""
+    torn = torn_tail(out)
+    if torn is None:
+        return
+    line, fragment = torn
+    if not (fragment.startswith(ANSWER_LINE_START) or ANSWER_LINE_START.startswith(fragment)):
+        raise InputError("not an answer line (nor the start of one cut short)", where=f"{out}:{line}",
+                         hint=NOT_DECODE_OUTPUT)
+
+
+def _answer_key(record: dict, where: str) -> tuple[str, int]:
+    """(id, sample) of one answer line; an InputError for a line decode did not write."""
+    try:
+        if isinstance(record["text"], str):
+            return str(record["id"]), int(record["sample"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    raise InputError(f"not an answer line (decode writes 'id', 'sample' and 'text'; this line has "
+                     f"{sorted(record)[:8]})", where=where, hint=NOT_DECODE_OUTPUT)
 
 
 def _read_prompts(path: str | pathlib.Path, limit: int) -> list[Prompt]:
@@ -182,22 +212,38 @@ def answer_file(prompts: str | pathlib.Path, out: str | pathlib.Path, *, ckpt: s
     one line per answer to `out` in ``python -m lima_jax.decode``'s format.
 
     An existing `out` is resumed: its (id, sample) answers are kept and not redone, and when
-    none is missing the model is not even loaded. Rows are batched longest prompt first; each
-    answer depends on (seed, id, sample) only, not on its batch. `sampling` defaults to LIMA's.
+    none is missing the model is not even loaded. A last line an interrupted run cut short is
+    set aside (`lima_jax.jsonl.set_aside_torn_tail`); an `out` that holds anything else than
+    answers raises an InputError naming its ``file:line`` and is left untouched. Rows are
+    batched longest prompt first; each answer depends on (seed, id, sample) only, not on its
+    batch. `sampling` defaults to LIMA's.
     """
     _check_counts(num_samples=num_samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
     sampling = SamplingConfig() if sampling is None else sampling
     out = pathlib.Path(out)
     prompt_list = _read_prompts(prompts, limit)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_rows(out)
+    make_folder_for(out)
+    done = done_rows(out)  # first: an OUT that is not decode output stops the run untouched
     rows = _pending(prompt_list, done, num_samples)
     if not rows:
-        out.touch()
+        # Opened all the same: OUT is created, or a last line an interrupted run cut short is set
+        # aside, so the file reads back whole.
+        JsonlAppender(out).close()
         if done:
             print(f"decode: resuming {out}: {len(done)} answers there, 0 to go")
         return AnswerFileResult(out, len(done), 0)
+    too_long = _answer_pending(prompt_list, rows, out, ckpt=ckpt, hf=hf, tokenizer=tokenizer,
+                               dtype=dtype, mesh=mesh, template=template, sampling=sampling,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                               progress=progress, kept=len(done))
+    return AnswerFileResult(out, len(done), len(rows), tuple(sorted(too_long)))
 
+
+def _answer_pending(prompt_list: Sequence[Prompt], rows: list[tuple[Prompt, int]], out: pathlib.Path,
+                    *, ckpt, hf, tokenizer, dtype, mesh, template, sampling, max_new_tokens,
+                    batch_size, seed, progress, kept: int) -> set[str]:
+    """Loads the model and appends the answers of `rows` to `out` (a torn last line set aside
+    first, see `JsonlAppender`); returns the ids of the too-long prompts."""
     from lima_jax.decode.load import load_for_decoding  # heavy imports only when there is work
 
     model, tok = load_for_decoding(ckpt=ckpt, hf=hf, tokenizer=tokenizer, dtype=dtype,
@@ -215,8 +261,8 @@ def answer_file(prompts: str | pathlib.Path, out: str | pathlib.Path, *, ckpt: s
                 writer.write(_answer_record(prompt, sample, None))
         _answer_rows(answerer, [(p, s) for p, s in rows if p.id not in too_long], encoded, writer,
                      sampling=sampling, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     seed=seed, progress=progress, kept=len(done), out=out)
-    return AnswerFileResult(out, len(done), len(rows), tuple(sorted(too_long)))
+                     seed=seed, progress=progress, kept=kept, out=out)
+    return too_long
 
 
 def _too_long(encoded: Mapping[str, list[int]], max_seq_len: int) -> set[str]:

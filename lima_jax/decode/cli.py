@@ -12,7 +12,9 @@ tokens, at most 2,048 new tokens). ``--greedy`` is argmax with no repetition pen
 (``eot``, ``eos``, ``stop_string`` (URIAL), ``length``, ``context``, or ``prompt_too_long`` for
 an empty answer to a prompt that fills the model's context). An answer stops at EOS and at the
 template's end of turn (`lima_jax.decode.answer.stop_names`). An existing OUT is resumed:
-(id, sample) pairs already in it are skipped. Rows are batched longest prompt first; each row's
+(id, sample) pairs already in it are skipped, and a last line an interrupted run cut short is
+set aside in ``OUT.torn-<n>``; an OUT holding anything else (another JSON Lines file, a folder)
+is refused with ``error: OUT:LINE: ...`` and left as it is. Rows are batched longest prompt first; each row's
 sample depends only on (seed, id, sample), not on its batch. The work is
 `lima_jax.decode.answer.answer_file`, which library code calls directly.
 """

@@ -2,8 +2,10 @@
 
 ``--ckpt DIR`` accepts a converted model checkpoint (``model_config.json`` + ``params/``), a
 training run's step directory (``WORKDIR/checkpoints/<step>``) or the run's workdir (its
-latest step); from a training checkpoint only the parameters are read (an orbax partial
-restore: the optimizer state stays on disk), and the tokenizer comes from its ``meta``.
+newest step that restores: one that does not, a truncated file say, is named in a warning and
+passed over, README "Training"); from a training checkpoint only the parameters are read (an
+orbax partial restore: the optimizer state stays on disk), and the tokenizer comes from its
+``meta``. A checkpoint that cannot be read is one line naming it, never a traceback.
 ``--hf DIR`` reads a Hugging Face LLaMA directory. `lima_jax.checkpoint.checkpoint_kind` tells
 the kinds apart.
 """
@@ -17,17 +19,25 @@ from flax import nnx
 
 from lima_jax import sharding as sharding_lib
 from lima_jax.checkpoint import (
+    CHECKPOINTS_DIR,
     HF,
     HF_CONFIG_FILE,
     MODEL,
     MODEL_CONFIG_FILE,
     TOKENIZER_FILE,
+    TRAIN_STEP,
+    WORKDIR,
+    CheckpointError,
+    NonFiniteWeights,
+    check_finite,
     checkpoint_kind,
+    kept_steps,
     load_model,
     load_model_config,
     load_train_model,
+    newest_that_restores,
     read_train_meta,
-    train_step_dir,
+    restore_problem,
 )
 from lima_jax.data.tokenizer import Tokenizer
 from lima_jax.errors import LimaError
@@ -52,8 +62,32 @@ def _load_train_checkpoint(step_dir: pathlib.Path, mesh, dtype: str | None) -> t
     if dtype:
         config = config.replace(dtype=dtype)
     model = load_train_model(step_dir, config, shardings=_param_shardings(config, mesh))
+    check_finite(nnx.state(model, nnx.Param))
     tokenizer = Tokenizer(base64.b64decode(meta["tokenizer_model_b64"]), meta.get("tokenizer_path", ""))
     return model, tokenizer
+
+
+def _load_step(step_dir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
+    """The step directory the user named; one that does not restore is a CheckpointError naming it."""
+    try:
+        return _load_train_checkpoint(step_dir, mesh, dtype)
+    except NonFiniteWeights as err:
+        raise CheckpointError(f"does not restore ({err})", where=str(step_dir)) from None
+    except LimaError:
+        raise
+    except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+        raise CheckpointError(f"does not restore ({restore_problem(err)})", where=str(step_dir),
+                              hint="give an older step, or the workdir to take its newest that "
+                                   "restores") from None
+
+
+def _load_newest_step(workdir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
+    """The newest step of a training workdir that restores (the others named in warnings)."""
+    def load(step: int):
+        return _load_train_checkpoint(workdir / CHECKPOINTS_DIR / str(step), mesh, dtype)
+
+    _, loaded, _ = newest_that_restores(kept_steps(workdir), load, workdir)
+    return loaded
 
 
 def _tokenizer(path: pathlib.Path | None, where: pathlib.Path) -> Tokenizer:
@@ -87,12 +121,13 @@ def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokeniz
         config = load_model_config(path).replace(**overrides)
         model = load_model(path, shardings=_param_shardings(config, mesh), **overrides)
         return model, _tokenizer(tok_path, path)
-    step_dir = train_step_dir(path)
-    if step_dir is None:
+    kind = checkpoint_kind(path)
+    if kind not in (TRAIN_STEP, WORKDIR):
         raise LoadError(
             f"--ckpt {path}: neither a model checkpoint ({MODEL_CONFIG_FILE} + params/) nor a "
             "training step directory (state/, meta/) nor a workdir with checkpoints/<step>/")
-    model, tok = _load_train_checkpoint(step_dir, mesh, dtype)
+    load = _load_step if kind == TRAIN_STEP else _load_newest_step
+    model, tok = load(path.absolute(), mesh, dtype)
     return model, (Tokenizer.load(tok_path) if tok_path else tok)
 
 

@@ -64,7 +64,12 @@ def prompt_text(record: dict, where: str) -> str:
             extra = record.get("input") or ""
             instances = record.get("instances")
             if not extra and isinstance(instances, list) and instances:
+                if not isinstance(instances[0], dict):
+                    raise PromptError(f"{where}: 'instances[0]' must be an object with 'input', "
+                                      f"got {type(instances[0]).__name__}")
                 extra = instances[0].get("input") or ""
+            if not isinstance(extra, str):
+                raise PromptError(f"{where}: the instruction's input must be text, got {type(extra).__name__}")
             return f"{record[field]}\n\n{extra}" if extra else record[field]
     raise PromptError(
         f"{where}: no prompt field; expected one of 'conversations', 'prompt', 'text', "
@@ -72,7 +77,9 @@ def prompt_text(record: dict, where: str) -> str:
 
 
 def read_prompts(path: str | pathlib.Path) -> list[Prompt]:
-    """Every prompt of a JSON Lines file, in order; ids must be unique."""
+    """Every prompt of a JSON Lines file, in order; ids must be unique. A line that is not JSON,
+    nests deeper than the parser allows or holds a lone surrogate escape (text no tokenizer can
+    encode) is a PromptError naming ``file:line`` (`lima_jax.jsonl.read_jsonl`)."""
     prompts, seen = [], {}
     try:
         for where, record in read_jsonl(path):

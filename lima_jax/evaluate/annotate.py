@@ -1,22 +1,29 @@
 """The human annotation page: a local web server that shows each prompt with the two systems'
 responses in a random (but per-item fixed) left/right order, takes "1 better / tie / 2 better" by
 button or key, and appends every verdict to OUT/verdicts.jsonl (fsynced) the moment it is made.
-On start it reads that file back, so a restarted server continues where the annotator stopped;
-the verdicts use the pairwise format (a / tie / b), so `evaluate table` and `agree` read them."""
+On start it reads that file back, so a restarted server continues where the annotator stopped
+(a verdict a kill cut short is set aside in ``verdicts.jsonl.torn-<n>``, not dropped, and its
+item asked again); the verdicts use the pairwise format (a / tie / b), so `evaluate table` and
+`agree` read them. The server listens on 127.0.0.1 by default and records only its own page's
+JSON POSTs: another origin or another content type is a 403, a body over MAX_BODY_BYTES a 413
+(README, "Evaluation")."""
 
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import pathlib
 import random
+import socket
 import threading
 import time
+import urllib.parse
 
 from lima_jax.evaluate.annotation_page import PAGE
 from lima_jax.evaluate.pairwise import table_markdown, win_table
 from lima_jax.evaluate.responses import Response
-from lima_jax.jsonl import append_jsonl, read_jsonl, write_json, write_text_atomic
+from lima_jax.jsonl import append_jsonl, read_jsonl, set_aside_torn_tail, write_json, write_text_atomic
 
 
 class AnnotationStudy:
@@ -34,7 +41,9 @@ class AnnotationStudy:
         self._lock = threading.Lock()
         out.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            # A torn last line (killed mid-write) is skipped: that item is not yet judged.
+            # A torn last line (killed mid-write) goes aside now, before the next verdict is
+            # appended to it: that item is not yet judged.
+            set_aside_torn_tail(self.path)
             for _, record in read_jsonl(self.path, skip_invalid=True):
                 if isinstance(record.get("id"), str) and record["id"] in self.pairs:
                     self.verdicts[record["id"]] = record
@@ -69,16 +78,55 @@ class AnnotationStudy:
         return self.state()
 
 
+# A verdict is a few dozen bytes; a POST body larger than this is refused (413) unread.
+MAX_BODY_BYTES = 64 << 10
+# A connection that stalls this long (mid-request or mid-body) is dropped, freeing its thread.
+STALL_SECONDS = 60.0
+
+
+def _same_origin(origin: str, host_header: str | None, names: set[str]) -> bool:
+    """Whether a request's Origin is this server's own: ``http://`` + the Host the browser
+    reached it by, where that Host is an IP address or one of `names` (localhost, the --host
+    name, this machine's name). A foreign Host (a DNS-rebound domain) is never its own."""
+    if not host_header:
+        return False
+    try:
+        o, h = urllib.parse.urlsplit(origin), urllib.parse.urlsplit("//" + host_header)
+        o_port, h_port = o.port or 80, h.port or 80
+    except ValueError:
+        return False
+    if o.scheme != "http" or not o.hostname or o.username or o.path not in ("", "/") or o.query:
+        return False
+    if (o.hostname, o_port) != (h.hostname, h_port):
+        return False
+    try:
+        ipaddress.ip_address(h.hostname)
+        return True
+    except ValueError:
+        return h.hostname in names
+
+
 def make_server(study: AnnotationStudy, host: str = "127.0.0.1", port: int = 8765) -> http.server.ThreadingHTTPServer:
-    """An HTTP server for `study` (port 0: any free port); call serve_forever() on it."""
+    """An HTTP server for `study` (port 0: any free port); call serve_forever() on it.
+
+    It records only what the page itself sends: a POST must be ``application/json`` (which a
+    cross-site form cannot send, and a cross-site script cannot without a CORS preflight this
+    server never grants) and, when it has an Origin, come from the server's own origin; anything
+    else is a 403. A body over MAX_BODY_BYTES is a 413, refused before it is read."""
     page = PAGE.encode("utf-8")
+    names = {"localhost", host.lower().strip("[]"), socket.gethostname().lower()}
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = STALL_SECONDS
+
         def log_message(self, *args):
             pass
 
         def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
             self.send_response(status)
+            if status >= 400:  # a refused request's body may be unread: no next request on it
+                self.close_connection = True
+                self.send_header("Connection", "close")
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
@@ -96,8 +144,23 @@ def make_server(study: AnnotationStudy, host: str = "127.0.0.1", port: int = 876
         def do_POST(self):
             if self.path != "/api/verdict":
                 return self._send(404, b'{"error": "not found"}')
+            length = self.headers.get("Content-Length", "0").strip()
+            if not (length.isascii() and length.isdigit()):
+                return self._send(400, b'{"error": "Content-Length must be a number of bytes"}')
+            if int(length) > MAX_BODY_BYTES:
+                return self._send(413, json.dumps({"error": f"body over {MAX_BODY_BYTES} bytes"}).encode())
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                raw = self.rfile.read(int(length))
+            except OSError:  # the client stalled past `timeout` or left: nothing to record
+                self.close_connection = True
+                return
+            origin = self.headers.get("Origin")
+            if origin is not None and not _same_origin(origin, self.headers.get("Host"), names):
+                return self._send(403, json.dumps({"error": f"cross-origin POST from {origin[:100]!r} refused"}).encode())
+            if self.headers.get_content_type() != "application/json":
+                return self._send(403, b'{"error": "a verdict must be sent as application/json"}')
+            try:
+                body = json.loads(raw)
                 state = study.record(str(body["id"]), body["choice"])
             except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
                 return self._send(400, json.dumps({"error": str(e)}).encode())

@@ -1,5 +1,7 @@
 """On-disk cache of judge replies: one JSON line per request, appended and fsynced as soon as the
-reply arrives, so a rerun costs nothing and an interrupted study resumes where it stopped."""
+reply arrives, so a rerun costs nothing and an interrupted study resumes where it stopped. A reply
+a kill cut short is set aside in ``CACHE.torn-<n>`` when the cache is opened
+(`lima_jax.jsonl.set_aside_torn_tail`), and its request is simply asked again."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import pathlib
 import threading
 
-from lima_jax.jsonl import append_jsonl, read_jsonl
+from lima_jax.jsonl import append_jsonl, read_jsonl, set_aside_torn_tail
 
 
 def request_key(judge_id: str, messages: list[dict]) -> str:
@@ -25,7 +27,8 @@ class ReplyCache:
         self._lock = threading.Lock()
         self._replies: dict[str, str] = {}
         if self.path and self.path.exists():
-            # A torn last line (killed mid-write) is skipped, and its request simply asked again.
+            # Now, not at the first new reply: the stderr note comes when the study starts.
+            set_aside_torn_tail(self.path)
             for _, record in read_jsonl(self.path, skip_invalid=True):
                 if isinstance(record.get("key"), str) and "reply" in record:
                     self._replies[record["key"]] = record["reply"]

@@ -13,7 +13,10 @@ Judge SPEC: ``openai:MODEL@BASE_URL`` (key from $OPENAI_API_KEY or --api-key-env
 ``local:PATH`` (a lima_jax checkpoint or Hugging Face directory) or ``length`` (a deterministic
 stand-in for tests and dry runs that prefers longer answers; not a real judge). Judge replies are
 cached in DIR/judge_cache.jsonl (or --cache FILE): a rerun costs nothing and an interrupted study
-resumes. The exit status is 1 when any request failed for good (rerun to retry only those)."""
+resumes. --timeout bounds a whole request; a failed request is retried (--retries, --backoff,
+Retry-After up to --max-retry-after) and then counted while the study goes on; the exit status is
+1 when any request failed for good (rerun to retry only those). API keys are redacted from every
+stored reply and error (README, "Evaluation")."""
 
 from __future__ import annotations
 
@@ -34,9 +37,13 @@ from lima_jax.jsonl import read_json, write_json, write_jsonl, write_text_atomic
 def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", required=True, help="openai:MODEL@BASE_URL | local:PATH | length (test only)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--retries", type=int, default=6, help="retries on 429, 5xx, timeouts, bad bodies")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds for a whole request: connect, send and the full reply (> 0)")
+    p.add_argument("--retries", type=int, default=6,
+                   help="retries (>= 0) on 429, 5xx, timeouts, connection and protocol failures, bad bodies")
     p.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
+    p.add_argument("--max-retry-after", type=float, default=60.0,
+                   help="longest wait before a retry in seconds: caps Retry-After and the backoff")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     p.add_argument("--max-tokens", type=int, default=512, help="judge reply length limit")
     p.add_argument("--tokenizer", help="local judges: tokenizer.model (default: the checkpoint's)")
@@ -103,8 +110,10 @@ def _select(args) -> int:
 
 
 def _options(args) -> JudgeOptions:
+    """The judge settings of `args`; an InputError (one line, exit 2) for a value that cannot work."""
     return JudgeOptions(api_key_env=args.api_key_env, timeout=args.timeout, retries=args.retries,
-                        backoff=args.backoff, concurrency=args.concurrency, max_tokens=args.max_tokens,
+                        backoff=args.backoff, max_retry_after=args.max_retry_after,
+                        concurrency=args.concurrency, max_tokens=args.max_tokens,
                         tokenizer=args.tokenizer, template=args.judge_template)
 
 
@@ -215,6 +224,12 @@ COMMANDS = {"pairwise": _pairwise, "score": _score, "table": _table, "agree": _a
             "annotate": _annotate}
 
 
+def _run(args) -> int:
+    if hasattr(args, "judge"):
+        _options(args)  # a bad --timeout / --retries stops here, before any file is read or written
+    return COMMANDS[args.command](args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(COMMANDS[args.command], args)
+    return run_command(_run, args)

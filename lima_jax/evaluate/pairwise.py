@@ -15,9 +15,12 @@ from lima_jax.evaluate.cache import ReplyCache
 from lima_jax.evaluate.judges import Judge
 from lima_jax.evaluate.responses import Response
 from lima_jax.evaluate.runner import ask_all
-from lima_jax.jsonl import read_jsonl, write_json, write_jsonl, write_text_atomic
+from lima_jax.jsonl import NOT_JSON, JsonLineError, read_jsonl, torn_tail, write_json, write_jsonl, write_text_atomic
 
 VERDICTS = ("a", "tie", "b")
+# A last line a kill cut short: the study that appends to the file sets it aside when it reopens it.
+TORN_VERDICT_HINT = ("a verdict cut short by an interrupted run; restart `evaluate annotate` on this "
+                     "folder, which sets it aside in verdicts.jsonl.torn-<n>")
 
 
 def combine_orders(ab: str, ba: str) -> str:
@@ -95,9 +98,14 @@ def read_verdicts(path: str | pathlib.Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no verdict file")
     latest: dict[str, dict] = {}
-    for where, record in read_jsonl(path):
-        _check_verdict(record, where)
-        latest[record["id"]] = record
+    try:
+        for where, record in read_jsonl(path):
+            _check_verdict(record, where)
+            latest[record["id"]] = record
+    except JsonLineError as err:
+        if err.kind == NOT_JSON and torn_tail(path) is not None:
+            raise JsonLineError(err.what, where=err.where, hint=TORN_VERDICT_HINT, kind=err.kind) from None
+        raise
     return list(latest.values())
 
 

@@ -1,7 +1,8 @@
 """Reading response files written by ``python -m lima_jax.decode`` and pairing two systems' answers.
 
-Every problem names the file and line; duplicate (id, sample) rows are an error (a judge would
-otherwise see one answer twice), empty answers are kept but flagged so the caller counts them."""
+Every problem names the file and line (a lone surrogate escape, text no judge could be sent,
+included); duplicate (id, sample) rows are an error (a judge would otherwise see one answer
+twice), empty answers are kept but flagged so the caller counts them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lima_jax.errors import InputError, LimaError
-from lima_jax.jsonl import read_jsonl
+from lima_jax.jsonl import NOT_JSON, JsonLineError, read_jsonl
 
 TORN_LINE_HINT = "a torn last line? rerun decode to resume it"
 
@@ -53,12 +54,15 @@ def read_responses(path: str | pathlib.Path) -> dict[tuple[str, int], Response]:
 
 
 def _records(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
-    """("path:line", record) of every line; a line that is not JSON is a ResponseError."""
+    """("path:line", record) of every line; a line that is not JSON, nests too deep or holds a
+    lone surrogate is a ResponseError."""
     try:
         yield from read_jsonl(path, objects_only=False)
-    except InputError as err:
-        at_a_line = err.where != str(path)  # a line cut short, not a file that is not text
-        raise ResponseError(err.what, where=err.where, hint=TORN_LINE_HINT if at_a_line else "") from None
+    except JsonLineError as err:
+        cut_short = err.kind == NOT_JSON  # a line cut short, not text the file really holds
+        raise ResponseError(err.what, where=err.where, hint=TORN_LINE_HINT if cut_short else err.hint) from None
+    except InputError as err:  # not there, or not text
+        raise ResponseError(err.what, where=err.where, hint=err.hint) from None
 
 
 def pair_responses(a: dict, b: dict, *, sample: int = 0, a_name: str = "A", b_name: str = "B",

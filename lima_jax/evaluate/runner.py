@@ -1,6 +1,9 @@
 """Asks a judge many questions: cached replies first, the rest concurrently (up to the judge's
-concurrency), each reply cached the moment it arrives. A request that fails for good is reported
-as an error for that item and the study goes on; a rerun asks only what is missing."""
+concurrency), each reply cached the moment it arrives. A request that fails for good (a JudgeError:
+for an endpoint judge, every transport failure after its retries) is reported as an error for that
+item and the study goes on; a rerun asks only what is missing. Replies and error texts pass
+through the judge's `redact` before they are cached or returned, so no API key reaches the disk
+(README, "Evaluation")."""
 
 from __future__ import annotations
 
@@ -28,9 +31,9 @@ def ask_all(judge: Judge, cache: ReplyCache, requests: list[Request], *,
 
     def ask(i: int) -> None:
         try:
-            reply = requests[i][1]()
+            reply = judge.redact(requests[i][1]())
         except JudgeError as e:
-            errors[i] = str(e)
+            errors[i] = judge.redact(str(e))
             return
         cache.put(keys[i], reply)
         replies[i] = reply

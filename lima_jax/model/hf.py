@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from lima_jax.errors import LimaError
@@ -243,6 +243,26 @@ def tensor_maps(config: LlamaConfig) -> list[TensorMap]:
 # --------------------------------------------------------------------------- import
 
 
+def _open_safetensors(path: pathlib.Path):
+    """`safe_open(path)`; a truncated, corrupt or missing file is one CheckpointError naming it."""
+    try:
+        return safe_open(path, framework="numpy")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); a download or copy "
+                              "cut short? fetch the file again") from None
+
+
+def _read_weight_map(index: pathlib.Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if isinstance(weight_map, dict):
+            return weight_map
+    except (ValueError, KeyError, TypeError):  # not JSON, not UTF-8, no weight_map
+        pass
+    raise CheckpointError(f"{index}: not a safetensors index (JSON with a 'weight_map' object); "
+                          "a download cut short? fetch the file again")
+
+
 class _SafetensorsReader:
     """Reads named tensors lazily from `model.safetensors` or a sharded index."""
 
@@ -251,9 +271,9 @@ class _SafetensorsReader:
         index = hf_dir / SAFETENSORS_INDEX
         single = hf_dir / SAFETENSORS_FILE
         if index.is_file():
-            self.weight_map = json.loads(index.read_text())["weight_map"]
+            self.weight_map = _read_weight_map(index)
         elif single.is_file():
-            with safe_open(single, framework="numpy") as f:
+            with _open_safetensors(single) as f:
                 self.weight_map = {name: SAFETENSORS_FILE for name in f.keys()}
         else:
             raise FileNotFoundError(
@@ -270,8 +290,11 @@ class _SafetensorsReader:
             raise CheckpointError(f"{self.hf_dir}: tensor {name!r} is missing from the checkpoint")
         filename = self.weight_map[name]
         if filename not in self._open:
-            self._open[filename] = safe_open(self.hf_dir / filename, framework="numpy")
-        tensor = self._open[filename].get_tensor(name)
+            self._open[filename] = _open_safetensors(self.hf_dir / filename)
+        try:
+            tensor = self._open[filename].get_tensor(name)
+        except SafetensorError as err:
+            raise CheckpointError(f"{self.hf_dir / filename}: tensor {name!r} cannot be read ({err})") from None
         if tuple(tensor.shape) != tuple(expected_shape):
             raise CheckpointError(
                 f"{self.hf_dir / filename}: tensor {name!r} has shape {tuple(tensor.shape)}, "

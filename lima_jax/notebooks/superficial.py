@@ -263,6 +263,7 @@ def finetune_config(init_from: str | pathlib.Path, data_path: str | pathlib.Path
 
     c = get_base_config()
     c.workdir = str(workdir)
+    c.overwrite = True  # rerunning the experiment replaces each size's run (the trainer's own files)
     c.seed = seed
     c.model.init_from = str(init_from)
     c.model.dtype = "float32"  # a tiny model: bf16 saves nothing and is slower on CPU

@@ -3,20 +3,22 @@
 `get_base_config()` holds LIMA's recipe (the paper's section 3; the README's Training) as
 defaults; a config file starts from it, changes what its run needs, and `validate_config`
 stops a wrong key or value before anything compiles, naming the key
-(`config.optimizer.learning_rate`, ...).
+(`config.optimizer.learning_rate`, ...); `make_run_mesh` does the same for a mesh the devices
+do not fit. What `workdir`, `resume` and `overwrite` allow is `lima_jax.train.workdir`'s.
 """
 
 from __future__ import annotations
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
 
 from lima_jax.data.config import get_default_data_config, validate_data_config
 from lima_jax.data.errors import DataError
 from lima_jax.errors import LimaError
 from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
 from lima_jax.model.presets import PRESETS
-from lima_jax.sharding import DEFAULT_RULES, MESH_AXES, batch_axes
+from lima_jax.sharding import DEFAULT_RULES, MESH_AXES, ShardingError, batch_axes, make_mesh
 
 WEIGHT_DECAY_MASKS = ("all", "matrices", "matrices_no_embeddings")
 # Shape fields a config may change on top of its preset (0 = the preset's value).
@@ -34,8 +36,11 @@ class RunConfigError(LimaError, ValueError):
 def get_base_config() -> ml_collections.ConfigDict:
     """LIMA's recipe (65B values) as a ConfigDict; config files override what they need."""
     c = ml_collections.ConfigDict()
-    c.workdir = ""  # where checkpoints, metrics and the resolved config go (required)
-    c.resume = False  # continue from the latest complete checkpoint in workdir
+    c.workdir = ""  # where checkpoints, metrics and the resolved config go (required); one run each
+    c.resume = False  # continue the workdir's run from its newest checkpoint that restores
+    # Replace the run already in workdir (its checkpoints, metrics and summary are deleted);
+    # with resume, start a new run only when the workdir holds no checkpoint to continue.
+    c.overwrite = False
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()
@@ -154,6 +159,18 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
         validate_data_config(c.data)
     except DataError as err:
         raise RunConfigError(err.location.removeprefix("config."), f"{err.what} ({err.hint})") from None
+
+
+def make_run_mesh(c: ml_collections.ConfigDict) -> Mesh:
+    """The run's mesh over every device; sizes the devices do not fit stop the run here, before
+    any data or model is built, naming `config.mesh`."""
+    try:
+        return make_mesh(dict(c.mesh))
+    except ShardingError as err:
+        sizes = ", ".join(f"{axis}={c.mesh[axis]}" for axis in MESH_AXES)
+        raise RunConfigError("mesh", f"{sizes} does not fit the {jax.device_count()} devices: "
+                             f"{str(err).removeprefix('mesh: ')} (the sizes must multiply to the "
+                             "device count; one of them may be -1 = the rest)") from None
 
 
 def rows_per_device_check(c: ml_collections.ConfigDict, batch_devices: int) -> None:

@@ -1,9 +1,11 @@
 """`python -m lima_jax.train --config configs/NAME.py [--config.section.key=value ...]`
 
-LIMA supervised fine-tuning, top to bottom: hosts, config, data, model and optimizer,
-shardings, state (restored or initialised shape-first), compile, the loop (with
-per-epoch checkpoints, held-out evaluation, metrics, SIGTERM and NaN guards), and the
-end-of-run report. The same command runs on every host of a pod.
+LIMA supervised fine-tuning, top to bottom: hosts, config and workdir (one run per workdir:
+`lima_jax.train.workdir`), data, model and optimizer, shardings, state (restored from the
+newest checkpoint that restores, or initialised shape-first), compile, the loop (with
+per-epoch checkpoints, held-out evaluation, metrics, the SIGTERM watch of
+`lima_jax.train.preemption` and the NaN/inf guard), and the end-of-run report. The same
+command runs on every host of a pod (README "Training").
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import pathlib
-import signal
 import time
 
 import jax
@@ -21,15 +21,17 @@ import ml_collections
 import numpy as np
 
 from lima_jax import sharding as sharding_lib
-from lima_jax.checkpoint import EPOCHS_FILE, TrainCheckpointer
+from lima_jax.checkpoint import CHECKPOINTS_DIR, EPOCHS_FILE, TrainCheckpointer
 from lima_jax.chips import peak_flops_per_device
 from lima_jax.data import build_pipeline
 from lima_jax.errors import LimaError
 from lima_jax.jsonl import write_json
-from lima_jax.train.config import total_flops_per_token, validate_config
+from lima_jax.train.config import make_run_mesh, total_flops_per_token, validate_config
 from lima_jax.train.metrics import MetricsLogger, plot_loss_curve
+from lima_jax.train.preemption import watch_preemption
 from lima_jax.train.state import initial_params, make_model_config, prepare_demo_data
 from lima_jax.train.step import ShardedTrainStep, compile_train_step
+from lima_jax.train.workdir import check_run, claim_workdir, record_run
 
 log = logging.getLogger("lima_jax.train")
 
@@ -40,26 +42,26 @@ class TrainingError(LimaError, RuntimeError):
     exit_code = 1  # the input was fine; the run stopped on its own
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step."""
+def _non_finite_error(step: int, metrics: dict, last_saved: int | None,
+                      directory: pathlib.Path) -> TrainingError:
+    """The stop of the NaN/inf guard: the step's update was not applied (`StepFunctions`), so
+    the last checkpoint holds the weights of the last finite step."""
+    kept = f"step {last_saved}" if last_saved is not None else "none"
+    return TrainingError(
+        f"step {step}: the loss is {float(metrics['loss'])}, the gradient norm "
+        f"{float(metrics['grad_norm'])}; the update was not applied and the run stops. The last "
+        f"good checkpoint is {kept} in {directory}",
+        hint="lower optimizer.learning_rate or set optimizer.clip_norm, then start again")
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
 
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. inside some test runners)
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+def _say_on_every_host(metrics_log: MetricsLogger, message: str) -> None:
+    """`message` from every host (process 0 through its progress bar), each naming itself."""
+    if jax.process_count() > 1:
+        message = f"process {jax.process_index()}: {message}"
+    if jax.process_index() == 0:
+        metrics_log.write(message)
+    else:
+        print(f"train: {message}", flush=True)
 
 
 def _global_batch(local_batch: dict, rows: jax.sharding.NamedSharding) -> dict:
@@ -93,17 +95,34 @@ def _compile_only(config: ml_collections.ConfigDict) -> dict:
     return report
 
 
+def _restore(checkpointer: TrainCheckpointer, sharded: ShardedTrainStep, iterator) -> tuple[dict, int]:
+    """(state, its step) from the newest checkpoint that restores; the ones that do not are
+    named (a warning) and set aside, so the run can save those steps again."""
+    saved, (state, data_state, _), skipped = checkpointer.restore_newest(sharded.abstract_state)
+    if skipped:
+        moved = checkpointer.set_aside(skipped)
+        if moved:
+            print(f"train: moved the checkpoints that did not restore to {moved[0].parent}", flush=True)
+    iterator.set_state(data_state)
+    step = int(jax.device_get(state["step"]))
+    if jax.process_index() == 0:
+        print(f"train: resumed from {checkpointer.directory / str(saved)} at step {step}", flush=True)
+    return state, step
+
+
 def train(config: ml_collections.ConfigDict) -> dict:
     """Runs (or resumes) the training run `config` describes; returns a summary dict."""
-    # ---------------------------------------------------------------- hosts and config
+    # ---------------------------------------------------------------- hosts, config and workdir
     sharding_lib.maybe_initialize_distributed(config)
     validate_config(config)
     if config.compile_only:
         return _compile_only(config)
     is_main = jax.process_index() == 0
+    mesh = make_run_mesh(config)
     workdir = pathlib.Path(config.workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    resume = claim_workdir(config, workdir)  # one run per workdir: refuse, resume or start over
     prepare_demo_data(config, workdir)
+    check_run(config, workdir, resume)  # a resumed run keeps its recipe and data (run.json)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         log.info("resolved config:\n%s", config)
@@ -123,30 +142,24 @@ def train(config: ml_collections.ConfigDict) -> dict:
 
     # ---------------------------------------------------------------- model, optimizer, shardings
     model_config = make_model_config(config, tokenizer)
-    sharded = compile_train_step(config, model_config, sharding_lib.make_mesh(dict(config.mesh)),
-                                 total_steps)
+    sharded = compile_train_step(config, model_config, mesh, total_steps)
     fns, rows = sharded.fns, sharded.rows
 
     # ---------------------------------------------------------------- state: restore or init
     keep = [epoch_ends[e - 1] for e in range(config.checkpoint.keep_epochs_from,
                                              config.checkpoint.keep_epochs_to + 1)
             if 0 < e <= len(epoch_ends)]
-    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep_steps=keep,
+    checkpointer = TrainCheckpointer(workdir / CHECKPOINTS_DIR, keep_steps=keep,
                                      async_save=config.checkpoint.async_save)
     iterator = pipeline.iterator()
     start_step = 0
-    latest = checkpointer.latest_step() if config.resume else None
-    if latest is not None:
-        state, data_state, _ = checkpointer.restore(latest, sharded.abstract_state)
-        iterator.set_state(data_state)
-        start_step = int(jax.device_get(state["step"]))
-        if is_main:
-            print(f"train: resumed from {checkpointer.directory / str(latest)} at step {start_step}",
-                  flush=True)
+    if resume:
+        state, start_step = _restore(checkpointer, sharded, iterator)
     else:
         params = initial_params(config, model_config, fns, sharded.param_shardings)
         state = sharded.init_state(jax.random.PRNGKey(config.seed), params)
         del params  # the state holds them now
+    record_run(config, workdir, resume)  # the fingerprint in run.json
 
     # ---------------------------------------------------------------- compile
     example = _global_batch(pipeline.batch(min(start_step, total_steps - 1)), rows)
@@ -200,9 +213,9 @@ def train(config: ml_collections.ConfigDict) -> dict:
         metrics_log.log({"step": 0, **summary["eval_at_start"]})
         metrics_log.write(f"held-out before training: {summary['eval_at_start']}")
 
-    last_saved = latest
+    last_saved = start_step if resume else None
     status = "completed"
-    with _Preemption() as preemption:
+    with watch_preemption() as preemption:
         for step in range(start_step, run_steps):
             batch = _global_batch(next(iterator), rows)
             t0 = time.perf_counter()
@@ -210,14 +223,13 @@ def train(config: ml_collections.ConfigDict) -> dict:
             metrics = jax.device_get(metrics)
             step_time = time.perf_counter() - t0
             done = step + 1
-            loss = float(metrics["loss"])
-            if not math.isfinite(loss):
-                checkpointer.close()
+            if not metrics["finite"]:  # the step kept the old state: stop before saving anything
+                metrics_log.log({"step": done, "update_skipped": {
+                    "loss": str(float(metrics["loss"])), "grad_norm": str(float(metrics["grad_norm"]))}})
+                checkpointer.close()  # waits for the saves in flight: the last good one is whole
                 metrics_log.close()
-                raise TrainingError(
-                    f"step {done}: the loss is {loss}; stopping. The last good checkpoint is "
-                    f"{'step ' + str(last_saved) if last_saved is not None else 'none'} in "
-                    f"{checkpointer.directory}; nothing from this step was saved.")
+                raise _non_finite_error(done, metrics, last_saved, checkpointer.directory)
+            loss = float(metrics["loss"])
             epoch = int(np.searchsorted(epoch_ends, done, side="left")) + 1
             tokens_per_s = float(metrics["tokens"]) / step_time
             if done % config.train.log_every == 0 or done == run_steps:
@@ -238,12 +250,12 @@ def train(config: ml_collections.ConfigDict) -> dict:
                 result = _evaluate(sharded, state["params"], eval_pipeline)
                 metrics_log.log({"step": done, "epoch": epoch, **result})
                 metrics_log.write(f"epoch {epoch}: held-out {result}")
-            if preemption.requested:
+            if preemption.reached(done):  # every host reaches it at the same step
                 if last_saved != done:
                     save(done)
                     last_saved = done
                 status = "preempted"
-                metrics_log.write(f"SIGTERM: saved step {done}, exiting")
+                _say_on_every_host(metrics_log, f"SIGTERM (preemption): saved step {done}, exiting")
                 break
         else:
             if run_steps > start_step and last_saved != run_steps:

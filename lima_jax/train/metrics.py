@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-from lima_jax.jsonl import JsonlAppender, read_records, write_jsonl
+from lima_jax.jsonl import JsonlAppender, read_records, set_aside_torn_tail, write_jsonl
 
 
 class MetricsLogger:
@@ -41,8 +41,9 @@ class MetricsLogger:
         file reads as one uninterrupted run."""
         if not self.path.exists():
             return
-        # skip_invalid: a line cut off by a kill is dropped with the steps after it.
-        kept = [r for r in read_records(self.path, skip_invalid=True) if r.get("step", 0) <= step]
+        # A line cut off by a kill goes to metrics.jsonl.torn-<n>, set aside rather than lost.
+        set_aside_torn_tail(self.path)
+        kept = [r for r in read_records(self.path) if r.get("step", 0) <= step]
         write_jsonl(self.path, kept)
 
     def log(self, record: dict) -> None:

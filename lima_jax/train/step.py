@@ -8,7 +8,10 @@ ordinary pytrees. The model is rebuilt from them inside the jitted step
 
 The loss is the mean cross-entropy over the loss-mask tokens of the whole global batch:
 with gradient accumulation each micro-batch's summed loss is divided by the global
-token count, so A micro-batches give the gradient of the one large batch.
+token count, so A micro-batches give the gradient of the one large batch. A step whose
+loss or gradient norm is not finite applies no update (the state is kept as it was) and
+says so in its metrics (`finite`), so the loop can stop with finite weights (README
+"Training").
 
 `compile_train_step(config, model_config, mesh, total_steps)` builds the step a run config
 gives, sharded: the state shape-first (`jax.eval_shape`), its shardings from the logical
@@ -130,19 +133,33 @@ class StepFunctions:
             (loss, grads), _ = jax.lax.scan(
                 accumulate, (jnp.zeros((), jnp.float32), zeros), (micro, jnp.arange(a)))
 
-        updates, opt_state = self.optimizer.update(grads, state["opt_state"], params)
-        new_state = {
-            "step": state["step"] + 1,
-            "params": optax.apply_updates(params, updates),
-            "opt_state": opt_state,
-            "rng": state["rng"],
-        }
+        grad_norm = optax.tree.norm(grads)
+        # The NaN/inf guard: a non-finite loss or gradient leaves the state as it was, so the
+        # weights in memory (and every checkpoint saved from them) stay finite. A branch on the
+        # device rather than a per-element select: the update still runs in place in the donated
+        # buffers (a select took half the parameters' size more temporary memory, measured on
+        # CPU), and no value goes to the host.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        def apply_update(current):
+            current_params, opt_state, step = current
+            updates, opt_state = self.optimizer.update(grads, opt_state, current_params)
+            return optax.apply_updates(current_params, updates), opt_state, step + 1
+
+        def keep(current):
+            return current
+
+        new_params, new_opt_state, new_step = jax.lax.cond(
+            finite, apply_update, keep, (params, state["opt_state"], state["step"]))
+        new_state = {"step": new_step, "params": new_params, "opt_state": new_opt_state,
+                     "rng": state["rng"]}
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "lr": self.schedule(state["step"]),
             "loss_tokens": batch["loss_mask"].astype(jnp.float32).sum(),
             "tokens": (batch["segment_ids"] > 0).sum(),
+            "finite": finite,  # False: this step's update was not applied
         }
         return new_state, metrics
 

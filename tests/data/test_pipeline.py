@@ -177,6 +177,18 @@ def test_skip_bad_records_then_build(tmp_path, tok):
     assert p.skips.total == 1 and "1 bad records skipped" in p.summary()
 
 
+def test_a_lone_surrogate_is_a_located_error_or_a_counted_skip(tmp_path, tok):
+    # SentencePiece, inside the grain encoding stage, fails on it with no location.
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"conversations": ["q", "a"]})
+    path.write_text(f'{good}\n{{"conversations": ["q", "bad \\ud800 answer"]}}\n{good}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: text that cannot be encoded as UTF-8"):
+        build_pipeline(make_config(path, tok))
+    p = build_pipeline(make_config(path, tok, on_error="skip"))
+    assert p.skips.to_dict()["by_kind"] == {"unencodable": 1} and p.examples.num_examples == 2
+    assert len(all_batches(p)) == p.num_steps
+
+
 def test_trained_tokenizer_from_config_is_cached_in_workdir(data_file, tmp_path):
     config = make_config(data_file, None)
     config.train_tokenizer.vocab_size = 200

@@ -68,6 +68,10 @@ BAD_CASES = {
     "missing_field": (json.dumps({"source": "s"}), "missing field 'conversations'"),
     "not_a_string": (json.dumps({"conversations": ["q", 7]}), "turn 1 of 'conversations' is int"),
     "empty": (json.dumps({"conversations": []}), "is empty"),
+    # JSON that parses but holds text SentencePiece and UTF-8 cannot take, or nests past the parser.
+    "unencodable": ('{"conversations": ["q \\ud800", "a"]}', "cannot be encoded as UTF-8"),
+    "too_deep": ('{"conversations": ["q", "a"], "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                 "nested deeper than the parser allows"),
 }
 
 
@@ -97,6 +101,27 @@ def test_skip_counts_and_lists_locations(tmp_path):
     assert result.skips.total == 2
     assert dict(result.skips.counts) == {"malformed_json": 1, "not_a_string": 1}
     assert result.skips.first[0].startswith(f"{path}:2:") and result.skips.first[1].startswith(f"{path}:4:")
+
+
+def test_skip_counts_lone_surrogates_and_deep_nesting(tmp_path):
+    lines = [GOOD, BAD_CASES["unencodable"][0], GOOD, BAD_CASES["too_deep"][0]]
+    path = _write(tmp_path, "d.jsonl", "\n".join(lines) + "\n")
+    result = readers.read_conversations(path, on_error="skip")
+    assert len(result.conversations) == 2
+    assert dict(result.skips.counts) == {"unencodable": 1, "too_deep": 1}
+    assert result.skips.first[0].startswith(f"{path}:2: text that cannot be encoded")
+
+
+def test_json_array_lone_surrogate_is_skippable_and_deep_nesting_fatal(tmp_path):
+    alpaca = json.dumps({"instruction": "i", "output": "o"})
+    path = _write(tmp_path, "a.json", f'[\n{alpaca},\n{{"instruction": "i\\udfff", "output": "o"}},\n{alpaca}\n]')
+    with pytest.raises(DataError, match=r"a.json:3: text that cannot be encoded as UTF-8"):
+        readers.read_file(path)
+    result = readers.read_conversations(path, on_error="skip")
+    assert len(result.conversations) == 2 and dict(result.skips.counts) == {"unencodable": 1}
+    path = _write(tmp_path, "b.json", f'[\n{alpaca},\n' + "[" * 100_000 + "]" * 100_000 + "\n]")
+    with pytest.raises(DataError, match=r"b.json:3: JSON nested deeper than the parser allows"):
+        readers.read_conversations(path, on_error="skip")  # where it ends is unknown: fatal
 
 
 def test_missing_file_unknown_format_and_broken_array_are_fatal(tmp_path):

@@ -59,8 +59,9 @@ def test_a_complete_answers_file_is_kept_without_loading_a_model(tmp_path, capsy
     _write(out, answers[:3])
     with out.open("a") as f:
         f.write('{"id": "b", "sam')  # a torn line from an interrupted run
+    before = out.read_bytes()
     assert [(p.id, s) for p, s in missing_answers(prompts, out, num_samples=2)] == [("b", 1)]
-    assert [json.loads(line) for line in out.read_text().splitlines()] == answers[:3]  # torn line gone
+    assert out.read_bytes() == before  # only read: the torn line is set aside by answer_file
     assert missing_answers(prompts, out, num_samples=2, limit=1) == []
     _write(out, answers)
     # No model is needed (the path does not exist): every answer is there already.

@@ -47,6 +47,9 @@ def test_read_prompts_every_format(tmp_path):
     _write(path, [{"id": "a", "question": "x"}])
     with pytest.raises(PromptError, match=r"p.jsonl:1: no prompt field"):
         read_prompts(path)
+    _write(path, [{"id": "a", "instruction": "x", "instances": ["not an object"]}])
+    with pytest.raises(PromptError, match=r"p.jsonl:1: 'instances\[0\]' must be an object"):
+        read_prompts(path)
 
 
 def test_read_the_shared_eval_and_lima_prompt_files(shared_data):
@@ -94,6 +97,7 @@ def test_cli_writes_every_field_and_resumes(shared_data, tmp_path):
     assert main(common + ["--num-samples", "2"]) == 0
     second = _lines(out)
     assert second[:3] == first  # kept, not redone
+    assert (tmp_path / "out.jsonl.torn-1").read_text() == '{"id": "q0", "sam'  # set aside, not dropped
     assert sorted((r["id"], r["sample"]) for r in second) == [(f"q{i}", s) for i in range(3) for s in (0, 1)]
     by_key = {(r["id"], r["sample"]): r["tokens"] for r in second}
     assert by_key[("q0", 0)] != by_key[("q0", 1)]  # sampled: another sample, another text

@@ -1,5 +1,6 @@
 """What kind of checkpoint a directory is, and which step ended an epoch of a training run
-(`lima_jax.checkpoint`), on directories laid out by hand; `load_for_decoding`'s errors."""
+(`lima_jax.checkpoint`), on directories laid out by hand; `load_for_decoding`'s errors, and its
+fall back to the newest step of a workdir that restores."""
 
 from __future__ import annotations
 
@@ -62,3 +63,30 @@ def test_a_directory_that_is_no_checkpoint_is_a_load_error(tmp_path):
         load_for_decoding(ckpt=str(tmp_path))
     with pytest.raises(LoadError, match="exactly one of"):
         load_for_decoding()
+
+
+def test_decoding_from_a_workdir_passes_over_a_checkpoint_that_does_not_restore(tmp_path, caplog):
+    import logging
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from lima_jax.checkpoint import CheckpointError
+    from lima_jax.train import train
+    from tests.helpers.train_configs import corrupt_checkpoint, tiny_config
+
+    run = tmp_path / "run"
+    train(tiny_config(run, tmp_path / "data", train__eval_data="", train__max_steps=9,
+                      checkpoint__every_steps=9, checkpoint__keep_epochs_from=1))
+    corrupt_checkpoint(run / "checkpoints" / "9")
+    with caplog.at_level(logging.WARNING, logger="lima_jax.checkpoint"):
+        model, tokenizer = load_for_decoding(ckpt=str(run))
+    assert f"{run}: checkpoint step 9 does not restore" in caplog.text
+    epoch_1, _ = load_for_decoding(ckpt=str(run / "checkpoints" / "7"))
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(epoch_1, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert tokenizer.vocab_size == model.config.vocab_size
+    # A step named by hand is not replaced by another: it is an error naming it.
+    with pytest.raises(CheckpointError, match=rf"^{run / 'checkpoints' / '9'}: does not restore \("):
+        load_for_decoding(ckpt=str(run / "checkpoints" / "9"))

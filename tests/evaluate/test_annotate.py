@@ -38,7 +38,8 @@ class Running:
 
 
 def _post(url, body):
-    request = urllib.request.Request(url + "/api/verdict", data=json.dumps(body).encode(), method="POST")
+    request = urllib.request.Request(url + "/api/verdict", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # as the page sends it
     with urllib.request.urlopen(request, timeout=5) as r:
         return json.loads(r.read())
 
@@ -138,3 +139,56 @@ def test_annotation_page_in_headless_chromium(tmp_path):
     # the human verdicts feed the same tables and chart as a judge's
     assert main(["table", "--verdicts", str(out), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "winrate.png").stat().st_size > 1000
+
+
+EVIL_PAGE = """<!doctype html><html><body>
+<form id="f" method="POST" action="TARGET/api/verdict" enctype="text/plain">
+<input name='{"id": "p0", "choice": "left", "x": "' value='"}'></form>
+<script>
+const body = JSON.stringify({id: "p0", choice: "left"});
+Promise.allSettled([
+  fetch("TARGET/api/verdict", {method: "POST", mode: "no-cors", body: body, headers: {"Content-Type": "text/plain"}}),
+  fetch("TARGET/api/verdict", {method: "POST", body: body, headers: {"Content-Type": "application/json"}}),
+]).then(results => { document.title = "sent " + results.map(r => r.status).join(" "); });
+</script></body></html>"""
+
+
+def test_a_page_from_another_origin_cannot_record_in_headless_chromium(tmp_path):
+    """Another site's page (here another port: another origin) posts a verdict every way a page
+    can: a text/plain fetch (no preflight), a JSON fetch (preflight, never granted) and a
+    text/plain form; the server records none of them."""
+    browser = _browser()
+    import http.server
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = tmp_path / "ann"
+    run = Running(out, n=2)
+    page = EVIL_PAGE.replace("TARGET", run.url).encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{evil.server_address[1]}/")
+        WebDriverWait(browser, 10).until(lambda d: d.title.startswith("sent"))
+        browser.execute_script("document.getElementById('f').submit()")
+        WebDriverWait(browser, 10).until(lambda d: "/api/verdict" in d.current_url)
+        assert "refused" in browser.page_source or "application/json" in browser.page_source
+    finally:
+        browser.quit()
+        evil.shutdown()
+        evil.server_close()
+        run.stop()
+    assert not (out / "verdicts.jsonl").exists() or (out / "verdicts.jsonl").read_text() == ""
+    assert run.study.state()["done"] == 0

@@ -1,4 +1,5 @@
-"""The tiny training run the train, decode and evaluate tests share, and its logged losses."""
+"""The tiny training run the train, decode and evaluate tests share, its logged losses, and a
+way to damage one of its checkpoints."""
 
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ def losses(workdir: pathlib.Path) -> dict[int, float]:
         if "loss" in record:
             result[record["step"]] = record["loss"]
     return result
+
+
+def corrupt_checkpoint(step_dir: pathlib.Path) -> pathlib.Path:
+    """Cuts the largest array file of a training step directory in half, as a disk that filled
+    up or a copy that stopped midway leaves it; returns the file."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = largest.read_bytes()
+    largest.write_bytes(data[: len(data) // 2])
+    return largest

@@ -1,5 +1,6 @@
-"""Training: the step (sharding, accumulation, schedule), the run (checkpoints, exact resume,
-SIGTERM, the NaN guard, metrics), config errors, init_from, and the demo."""
+"""Training: the step (sharding, accumulation, schedule, the NaN/inf guard), the run (checkpoints,
+exact resume, SIGTERM, stopping at a non-finite step with a checkpoint that restores, metrics),
+config errors, init_from, and the demo."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -23,8 +25,8 @@ from lima_jax.model import get_preset
 from lima_jax.sharding import make_mesh
 from lima_jax.train import TrainingError, train
 from lima_jax.train.config import RunConfigError, get_base_config, validate_config
-from lima_jax.train.optim import learning_rate_schedule, weight_decay_mask
-from lima_jax.train.step import compile_train_step
+from lima_jax.train.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
+from lima_jax.train.step import StepFunctions, compile_train_step
 from tests.helpers.train_configs import losses, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -250,15 +252,63 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    c = tiny_config(tmp_path / "run", tmp_path / "data", checkpoint__every_steps=1,
-                    train__eval_data="")
+    from lima_jax.decode.load import load_for_decoding
+
+    run = tmp_path / "run"
+    c = tiny_config(run, tmp_path / "data", checkpoint__every_steps=1, train__eval_data="")
     c.optimizer.learning_rate = 1e30  # the first update blows the weights up
     c.optimizer.end_learning_rate = 1e30
-    with pytest.raises(TrainingError, match=r"step (\d+): the loss is (nan|inf).*last good checkpoint is step") as err:
+    with pytest.raises(TrainingError, match=r"step (\d+): the loss is .*, the gradient norm (nan|inf); "
+                       r"the update was not applied .*last good checkpoint is step") as err:
         train(c)
     bad_step = int(str(err.value).split(":")[0].split()[1])
-    assert bad_step not in TrainCheckpointer(tmp_path / "run" / "checkpoints").all_steps()
-    assert bad_step - 1 in TrainCheckpointer(tmp_path / "run" / "checkpoints").all_steps()
+    assert TrainCheckpointer(run / "checkpoints").all_steps() == [bad_step - 1]
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["update_skipped"]
+    # The checkpoint holds finite weights (checked as they load) and the whole state restores:
+    # a resumed run comes back to the same step and stops there again, naming the same checkpoint.
+    load_for_decoding(ckpt=str(run))
+    c.resume = True
+    with pytest.raises(TrainingError, match=rf"step {bad_step}: .*last good checkpoint is step {bad_step - 1}"):
+        train(c)
+
+
+class _InfGradient(StepFunctions):
+    """A finite loss with an infinite gradient: sqrt(|x - x|) is 0, its derivative at 0 is not."""
+
+    def _masked_ce(self, params, batch, rng, deterministic):
+        ce, logits, mask = super()._masked_ce(params, batch, rng, deterministic)
+        scale = params["final_norm"]["scale"]
+        return ce + jnp.sqrt(jnp.abs(scale - jax.lax.stop_gradient(scale))).sum(), logits, mask
+
+
+@pytest.mark.parametrize("fault", ["nan_weight", "inf_gradient"])
+def test_a_non_finite_step_applies_no_update(fault):
+    config = get_base_config()
+    model_config = get_preset("tiny", residual_dropout=0.0)
+    schedule = learning_rate_schedule(config.optimizer, 10)
+    fns_class = _InfGradient if fault == "inf_gradient" else StepFunctions
+    fns = fns_class(model_config, make_optimizer(config.optimizer, 10), schedule)
+    state = fns.init_state(jax.random.PRNGKey(0))
+    if fault == "nan_weight":
+        state["params"]["final_norm"]["scale"] = state["params"]["final_norm"]["scale"].at[0].set(jnp.nan)
+    before = jax.device_get(state)
+    after, metrics = jax.jit(fns.train_step)(state, _random_batch(4, 16))
+    assert not bool(metrics["finite"])
+    assert not np.isfinite(float(metrics["grad_norm"]))
+    assert np.isfinite(float(metrics["loss"])) == (fault == "inf_gradient")
+    for kept, old in zip(jax.tree.leaves(jax.device_get(after)), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(kept, old)  # params, Adam moments, count and step as they were
+
+
+def test_a_finite_step_updates_and_says_so():
+    config = get_base_config()
+    fns = StepFunctions(get_preset("tiny", residual_dropout=0.0), make_optimizer(config.optimizer, 10),
+                        learning_rate_schedule(config.optimizer, 10))
+    state = fns.init_state(jax.random.PRNGKey(0))
+    before = jax.device_get(state["params"]["embedding"])
+    after, metrics = jax.jit(fns.train_step)(state, _random_batch(4, 16))
+    assert bool(metrics["finite"]) and int(after["step"]) == 1
+    assert not np.array_equal(jax.device_get(after["params"]["embedding"]), before)
 
 
 def test_init_from_a_hugging_face_directory_adds_the_eot_row(tmp_path):

@@ -4,9 +4,11 @@ Subcommands live in their own modules and register here (`BENCHMARKS`). A module
 ``add_arguments(parser)`` and ``run(args) -> list[dict]``, one JSON object per measurement with
 its figure and the ratio to a named baseline measured in the same run, and may declare
 ``VERSIONS`` (the packages whose versions its rows record) and ``DEVICE_IN_HARDWARE = True``
-(its rows name the accelerator before the machine). This module stamps every row with what each
-benchmark records beside its figure, the hardware and the package versions, so no benchmark
-imports it back; and it keeps the results table. A LimaError prints as ``error: ...`` (exit 2).
+(its rows name the accelerator before the machine); `BEFORE_IMPORT` names a step a subcommand
+runs before any benchmark module is imported (`gpu` installs packages a bare GPU image lacks).
+This module stamps every row with what each benchmark records beside its figure, the hardware and
+the package versions, so no benchmark imports it back; and it keeps the results table. A
+LimaError prints as ``error: ...`` (exit 2).
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ BENCHMARKS = {
     "decode": "lima_jax.decode.bench",
     "attention": "lima_jax.kernels.bench",
     "dedup": "lima_jax.curate.bench",
+    "gpu": "lima_jax.kernels.gpu_suite",
 }
+# name -> "module:function" called with the subcommand's arguments before any benchmark module is
+# imported: `gpu` installs grain and tensorflow-datasets when a bare GPU image lacks them, which
+# lima_jax.data (imported by the data and train benchmarks) needs.
+BEFORE_IMPORT = {"gpu": "lima_jax.kernels.gpu_suite:install_missing"}
 
 _HEADER = """# Benchmark results
 
@@ -102,11 +109,21 @@ def append_result(row: dict[str, Any], path: pathlib.Path = RESULTS) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in BEFORE_IMPORT:
+        module_name, function = BEFORE_IMPORT[argv[0]].split(":")
+        getattr(importlib.import_module(module_name), function)(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m lima_jax.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     modules = {}
     for name, module_name in BENCHMARKS.items():
-        modules[name] = importlib.import_module(module_name)
+        try:
+            modules[name] = importlib.import_module(module_name)
+        except ImportError as err:  # a package missing here (grain): only the one being run must import
+            if argv[:1] == [name]:
+                raise
+            sub.add_parser(name, help=f"unavailable here: {err}")
+            continue
         p = sub.add_parser(name, help=modules[name].__doc__.split("\n")[0])
         p.add_argument("--json", action="store_true", help="print one JSON object per measurement")
         p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS}")

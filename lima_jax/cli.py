@@ -23,10 +23,24 @@ from lima_jax.errors import LimaError
 NOISY_LOGGERS = ("absl", "orbax", "jax._src", "grain")
 
 
-def setup_logging(quiet: Sequence[str] = ()) -> None:
-    """INFO logging for lima_jax, WARNING for the libraries that talk a lot."""
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the moment of each record, not the stream it was
+    made with: a command run twice in one process (tests, notebooks) whose stderr was swapped
+    in between would otherwise write to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def setup_logging(quiet: Sequence[str] = (), fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """INFO logging for lima_jax to stderr, WARNING for the libraries that talk a lot."""
     # force: a library may have put a WARNING-level handler on the root logger at import.
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=logging.INFO, format=fmt, handlers=[_StderrHandler()], force=True)
     for name in (*NOISY_LOGGERS, *quiet):
         logging.getLogger(name).setLevel(logging.WARNING)
 

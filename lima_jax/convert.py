@@ -35,7 +35,7 @@ from lima_jax.checkpoint import (
     load_model,
     save_model,
 )
-from lima_jax.cli import run_command
+from lima_jax.cli import run_command, setup_logging
 from lima_jax.decode.load import load_for_decoding
 from lima_jax.errors import InputError
 from lima_jax.model.hf import NUMPY_DTYPES, SAFETENSORS_FILE, SAFETENSORS_INDEX, from_hf, to_hf
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="SentencePiece tokenizer.model the model was trained with (copied)")
     from_c.add_argument("--out", required=True, help="Hugging Face directory to write")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(fmt="%(message)s")
     return run_command(_run, args)
 
 

@@ -84,6 +84,7 @@ def test_out_that_is_a_file_is_one_line(tmp_path, hf_dir, capsys):
 def test_to_hf_commands_refuse_a_folder_that_is_not_a_model_directory(tmp_path, hf_dir, capsys):
     ckpt = tmp_path / "ckpt"
     assert convert.main(["hf-to-lima", "--hf", str(hf_dir), "--out", str(ckpt)]) == 0
+    capsys.readouterr()  # its progress lines
     workdir = tmp_path / "run"  # a training workdir holds a config.json too
     workdir.mkdir()
     (workdir / "config.json").write_text("{}")

@@ -6,11 +6,21 @@ newest checkpoint that restores, or initialised shape-first), compile, the loop 
 per-epoch checkpoints, held-out evaluation, metrics, the SIGTERM watch of
 `lima_jax.train.preemption` and the NaN/inf guard), and the end-of-run report. The same
 command runs on every host of a pod (README "Training").
+
+The loop never makes the device wait for the host (README "Training"): batches are built and
+placed ahead by `lima_jax.train.prefetch`, and step n's metrics are read (`jax.device_get`, which
+waits for the step) only once step n+1 is dispatched, so the device always has a step queued.
+Where the host needs the state after step n (a checkpoint, an evaluation, a preemption, the last
+step), it first reads step n's metrics: the NaN/inf guard has spoken before anything is saved.
+The metrics lines are those of a loop that reads every step at once, in the same order. (Only
+the fallback SIGTERM watch of hosts without JAX's preemption service, an all-gather every step,
+still waits for each step.)
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import pathlib
@@ -27,8 +37,9 @@ from lima_jax.data import build_pipeline
 from lima_jax.errors import LimaError
 from lima_jax.jsonl import write_json
 from lima_jax.train.config import make_run_mesh, total_flops_per_token, validate_config
-from lima_jax.train.metrics import MetricsLogger, plot_loss_curve
+from lima_jax.train.metrics import MetricsLogger, StepTimer, plot_loss_curve
 from lima_jax.train.preemption import watch_preemption
+from lima_jax.train.prefetch import LOOP_EVENTS, BatchPrefetcher, global_batch
 from lima_jax.train.state import initial_params, make_model_config, prepare_demo_data
 from lima_jax.train.step import ShardedTrainStep, compile_train_step
 from lima_jax.train.workdir import check_run, claim_workdir, record_run
@@ -54,6 +65,67 @@ def _non_finite_error(step: int, metrics: dict, last_saved: int | None,
         hint="lower optimizer.learning_rate or set optimizer.clip_norm, then start again")
 
 
+def _every(interval: int, step: int) -> bool:
+    """Whether `step` is one of every `interval` steps (0: none is)."""
+    return bool(interval) and step % interval == 0
+
+
+def _stop_at_non_finite(step: int, metrics: dict, last_saved: int | None,
+                        checkpointer: TrainCheckpointer, metrics_log: MetricsLogger) -> TrainingError:
+    """The guard's stop: an `update_skipped` line, the saves in flight finished (the last good
+    checkpoint is whole), the logs closed; returns the error to raise."""
+    metrics_log.log({"step": step, "update_skipped": {
+        "loss": str(float(metrics["loss"])), "grad_norm": str(float(metrics["grad_norm"]))}})
+    checkpointer.close()
+    metrics_log.close()
+    return _non_finite_error(step, metrics, last_saved, checkpointer.directory)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepInFlight:
+    """A dispatched step whose metrics the host has not read yet."""
+
+    step: int  # counted from 1, as metrics.jsonl counts them
+    metrics: dict  # still on the device
+    dispatched_at: float  # time.perf_counter() just before the dispatch
+
+
+def _read_metrics(flight: _StepInFlight, timer: StepTimer) -> tuple[dict, float]:
+    """The step's metrics on the host (this waits for the step to end) and its step_time_s."""
+    LOOP_EVENTS.record("read", flight.step)
+    metrics = jax.device_get(flight.metrics)
+    return metrics, timer.finished(flight.dispatched_at)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepLines:
+    """Each step's line in metrics.jsonl (every `train.log_every` steps and the last step) and
+    its tick of the progress bar."""
+
+    metrics_log: MetricsLogger
+    epoch_ends: list[int]
+    run_steps: int
+    log_every: int
+    flops_per_token: float
+    peak: float | None  # the chip's peak FLOP/s; None where unknown (no MFU)
+
+    def epoch(self, step: int) -> int:
+        """The epoch (from 1) that `step` (from 1) belongs to."""
+        return int(np.searchsorted(self.epoch_ends, step, side="left")) + 1
+
+    def write(self, step: int, metrics: dict, step_time: float) -> None:
+        tokens_per_s = float(metrics["tokens"]) / step_time
+        if step % self.log_every == 0 or step == self.run_steps:
+            mfu = (self.flops_per_token * tokens_per_s / jax.device_count() / self.peak) if self.peak else None
+            self.metrics_log.log({
+                "step": step, "epoch": self.epoch(step), "loss": float(metrics["loss"]),
+                "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+                "tokens_per_s": tokens_per_s, "step_time_s": step_time, "mfu": mfu,
+                "loss_tokens": float(metrics["loss_tokens"]),
+            })
+        self.metrics_log.advance()
+
+
 def _say_on_every_host(metrics_log: MetricsLogger, message: str) -> None:
     """`message` from every host (process 0 through its progress bar), each naming itself."""
     if jax.process_count() > 1:
@@ -64,16 +136,10 @@ def _say_on_every_host(metrics_log: MetricsLogger, message: str) -> None:
         print(f"train: {message}", flush=True)
 
 
-def _global_batch(local_batch: dict, rows: jax.sharding.NamedSharding) -> dict:
-    """This host's rows -> global arrays sharded over the batch mesh axes."""
-    return {k: jax.make_array_from_process_local_data(rows, np.asarray(v))
-            for k, v in local_batch.items()}
-
-
 def _evaluate(sharded: ShardedTrainStep, params, pipeline) -> dict:
     totals = {"ce_sum": 0.0, "tokens": 0.0, "correct": 0.0}
     for step in range(pipeline.num_steps):
-        batch = _global_batch(pipeline.batch(step), sharded.rows)
+        batch = global_batch(pipeline.batch(step), sharded.rows)
         sums = jax.device_get(sharded.evaluate(params, batch))
         for key in totals:
             totals[key] += float(sums[key])
@@ -162,7 +228,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
     record_run(config, workdir, resume)  # the fingerprint in run.json
 
     # ---------------------------------------------------------------- compile
-    example = _global_batch(pipeline.batch(min(start_step, total_steps - 1)), rows)
+    example = global_batch(pipeline.batch(min(start_step, total_steps - 1)), rows)
     compiled = sharded.compile(state, example)
     compile_s = compiled.compile_s
     memory = compiled.memory_analysis()
@@ -191,8 +257,10 @@ def train(config: ml_collections.ConfigDict) -> dict:
             "tokenizer_model_b64": base64.b64encode(tokenizer.model_proto).decode("ascii"),
             "model_config": model_config.to_dict()}
 
-    def save(step: int):
-        checkpointer.save(step, state, iterator.get_state(), dict(meta, step=step))
+    def save(step: int, data_state: dict):
+        """The state after `step`, with the data iterator's state that goes with it (the
+        prefetch thread has moved the iterator itself further on)."""
+        checkpointer.save(step, state, data_state, dict(meta, step=step))
 
     summary = {"compile_s": compile_s, "start_step": start_step, "total_steps": total_steps}
     def generation_score() -> dict:
@@ -214,53 +282,57 @@ def train(config: ml_collections.ConfigDict) -> dict:
         metrics_log.write(f"held-out before training: {summary['eval_at_start']}")
 
     last_saved = start_step if resume else None
+    lines = _StepLines(metrics_log, epoch_ends=epoch_ends, run_steps=run_steps,
+                       log_every=config.train.log_every, flops_per_token=flops_per_token, peak=peak)
+    timer = StepTimer()
+
+    def finish(flight: _StepInFlight) -> None:
+        """The host's part of a step, once its metrics arrive: the NaN/inf guard, then its line."""
+        metrics, step_time = _read_metrics(flight, timer)
+        if not metrics["finite"]:  # the step kept the old state: stop before saving anything
+            raise _stop_at_non_finite(flight.step, metrics, last_saved, checkpointer, metrics_log)
+        lines.write(flight.step, metrics, step_time)
+
     status = "completed"
-    with watch_preemption() as preemption:
-        for step in range(start_step, run_steps):
-            batch = _global_batch(next(iterator), rows)
-            t0 = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            metrics = jax.device_get(metrics)
-            step_time = time.perf_counter() - t0
-            done = step + 1
-            if not metrics["finite"]:  # the step kept the old state: stop before saving anything
-                metrics_log.log({"step": done, "update_skipped": {
-                    "loss": str(float(metrics["loss"])), "grad_norm": str(float(metrics["grad_norm"]))}})
-                checkpointer.close()  # waits for the saves in flight: the last good one is whole
-                metrics_log.close()
-                raise _non_finite_error(done, metrics, last_saved, checkpointer.directory)
-            loss = float(metrics["loss"])
-            epoch = int(np.searchsorted(epoch_ends, done, side="left")) + 1
-            tokens_per_s = float(metrics["tokens"]) / step_time
-            if done % config.train.log_every == 0 or done == run_steps:
-                mfu = (flops_per_token * tokens_per_s / jax.device_count() / peak) if peak else None
-                metrics_log.log({
-                    "step": done, "epoch": epoch, "loss": loss, "lr": float(metrics["lr"]),
-                    "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens_per_s,
-                    "step_time_s": step_time, "mfu": mfu,
-                    "loss_tokens": float(metrics["loss_tokens"]),
-                })
-            metrics_log.advance()
+    in_flight = None  # the step last dispatched, until its metrics are read
+    batches = BatchPrefetcher(iterator, rows, first_step=start_step + 1, count=run_steps - start_step)
+    with watch_preemption() as preemption, batches:
+        for batch in batches:
+            done = batch.step
+            dispatched_at = time.perf_counter()
+            state, metrics = compiled(state, batch.arrays)
+            LOOP_EVENTS.record("dispatch", done)
+            if in_flight is not None:
+                finish(in_flight)  # the previous step's metrics, read while the device runs this one
+            in_flight = _StepInFlight(done, metrics, dispatched_at)
+            epoch = lines.epoch(done)
             at_epoch_end = done in epoch_ends
-            if at_epoch_end or (config.checkpoint.every_steps and done % config.checkpoint.every_steps == 0):
-                save(done)
+            save_due = at_epoch_end or _every(config.checkpoint.every_steps, done)
+            eval_due = (at_epoch_end and eval_pipeline is not None
+                        and epoch % config.train.eval_every_epochs == 0)
+            preempted = preemption.reached(done)  # every host reaches it at the same step
+            if not (save_due or eval_due or preempted or done == run_steps):
+                continue  # the next step is dispatched before this one's metrics are read
+            # The state after this step is about to be saved or evaluated: the guard speaks first.
+            finish(in_flight)
+            in_flight = None
+            if save_due:
+                save(done, batch.data_state)
                 last_saved = done
-            if (at_epoch_end and eval_pipeline is not None
-                    and epoch % config.train.eval_every_epochs == 0):
+            if eval_due:
                 result = _evaluate(sharded, state["params"], eval_pipeline)
                 metrics_log.log({"step": done, "epoch": epoch, **result})
                 metrics_log.write(f"epoch {epoch}: held-out {result}")
-            if preemption.reached(done):  # every host reaches it at the same step
+            if preempted:
                 if last_saved != done:
-                    save(done)
+                    save(done, batch.data_state)
                     last_saved = done
                 status = "preempted"
                 _say_on_every_host(metrics_log, f"SIGTERM (preemption): saved step {done}, exiting")
                 break
-        else:
-            if run_steps > start_step and last_saved != run_steps:
-                save(run_steps)
-                last_saved = run_steps
+            if done == run_steps and last_saved != done:  # the end of the run
+                save(done, batch.data_state)
+                last_saved = done
     checkpointer.close()
 
     # ---------------------------------------------------------------- report

@@ -2,12 +2,18 @@
 loss-curve PNG. (The loop computes the MFU it logs against `lima_jax.chips`' peak figures.)
 
 Only process 0 writes; every other process gets a logger that does nothing.
+
+`StepTimer` gives `step_time_s` (and so `tokens_per_s` and the MFU) for a loop that reads each
+step's metrics one step late (README "Training"): the step's time on the device as the host sees
+it, from when the device could start it to when its metrics arrive.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import time
+from collections.abc import Callable
 
 from lima_jax.jsonl import JsonlAppender, read_records, set_aside_torn_tail, write_jsonl
 
@@ -79,6 +85,29 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
         self._file.close()
+
+
+class StepTimer:
+    """`step_time_s` of each step whose metrics have arrived, in step order.
+
+    A step starts at the later of its dispatch and the previous step's end (the device runs
+    one step at a time, and the next one is queued while a step runs), and ends when its metrics
+    reach the host. In a run whose device never waits this is the time between consecutive
+    steps' metrics; after a pause (a checkpoint, an evaluation, the first step) it runs from the
+    dispatch, so a pause of the host is not charged to the step. A step whose batch came late
+    ends late, as the host sees it: the wait counts, once, towards the step before it."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self._clock = clock
+        self._previous_end: float | None = None
+
+    def finished(self, dispatched_at: float) -> float:
+        """Seconds of the step dispatched at `dispatched_at` (`clock` time), whose metrics
+        have just arrived."""
+        end = self._clock()
+        start = dispatched_at if self._previous_end is None else max(dispatched_at, self._previous_end)
+        self._previous_end = end
+        return end - start
 
 
 def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> pathlib.Path | None:

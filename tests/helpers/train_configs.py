@@ -49,11 +49,14 @@ def losses(workdir: pathlib.Path) -> dict[int, float]:
     return result
 
 
-def corrupt_checkpoint(step_dir: pathlib.Path) -> pathlib.Path:
+def corrupt_checkpoint(step_dir: pathlib.Path, *, every_file: bool = False) -> pathlib.Path:
     """Cuts the largest array file of a training step directory in half, as a disk that filled
-    up or a copy that stopped midway leaves it; returns the file."""
+    up or a copy that stopped midway leaves it; returns the file. Which arrays that file holds
+    is orbax's choice (it may be optimizer state only, and a params-only restore then still
+    works): `every_file` cuts every file of the train state, so that nothing of it restores."""
     files = [p for p in (step_dir / "state").rglob("*") if p.is_file()]
     largest = max(files, key=lambda p: p.stat().st_size)
-    data = largest.read_bytes()
-    largest.write_bytes(data[: len(data) // 2])
+    for path in files if every_file else [largest]:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
     return largest

@@ -48,7 +48,7 @@ def test_when_no_checkpoint_restores_resume_and_decode_say_so_in_one_line(tmp_pa
 
     run = tmp_path / "run"
     train(_config(run, tmp_path / "data", 2))
-    corrupt_checkpoint(run / "checkpoints" / "2")
+    corrupt_checkpoint(run / "checkpoints" / "2", every_file=True)
 
     with pytest.raises(CheckpointError, match=rf"^{run}: no checkpoint restores \(step 2: .*\) \(start "
                        r"a new run \(config\.overwrite=True\), or restore the files from a copy\)$"):

@@ -4,9 +4,10 @@
 `step` the pure train/eval step and `compile_train_step` (the one place the sharded step is built,
 for the loop, the ahead-of-time plan, the benchmark and the tests), `state` what the loop does
 before it starts (starting weights, model config, demo data), `loop` the run itself (`train`),
-`prefetch` the batches built and placed ahead of the step, `metrics` its logs, `workdir` the one-run-per-workdir rules and the run's fingerprint,
-`preemption` the SIGTERM watch (one host or all), `held_out` the exact-match score, `aot` the
-TPU plan check, `bench` the training benchmark and `cli` the command ``python -m lima_jax.train``.
+`prefetch` the batches built and placed ahead of the step, `metrics` its logs, `workdir` the
+one-run-per-workdir rules and the run's fingerprint, `preemption` the SIGTERM watch (one host or
+all), `held_out` the exact-match score, `aot` the TPU plan check, `bench` the training benchmark
+and `cli` the command ``python -m lima_jax.train``.
 """
 
 

@@ -124,6 +124,35 @@ class Llama(nnx.Module):
           at or beyond `config.vocab_size` (vocabulary padding) are set to the
           dtype's minimum so they never win a softmax.
         """
+        return self.logits(self.residual_stream(
+            tokens, positions, segment_ids, dropout_rng=dropout_rng, deterministic=deterministic))
+
+    def hidden_states(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        dropout_rng: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """The output projection's input [B, T, D] (after the final norm) for tokens [B, T];
+        arguments as `__call__`. With `output_weight()` this gives the logits piecewise, so a
+        loss can be computed a few tokens at a time (lima_jax.train.loss)."""
+        return self.final_norm(self.residual_stream(
+            tokens, positions, segment_ids, dropout_rng=dropout_rng, deterministic=deterministic))
+
+    def residual_stream(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        dropout_rng: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """The residual stream [B, T, D] after the last decoder block (before the final
+        norm); arguments as `__call__`."""
         config = self.config
         b, t = tokens.shape
         if positions is None:
@@ -152,7 +181,7 @@ class Llama(nnx.Module):
         # model ~25% faster (the scan's stacking buffers and slices go away).
         unroll = config.n_layers if config.scan_unroll == 0 else config.scan_unroll
         x_btd, _ = jax.lax.scan(layer, x_btd, (stacked_state, rates_l, keys_l), unroll=unroll)
-        return self.logits(x_btd)
+        return x_btd
 
     def embed(self, tokens: jax.Array) -> jax.Array:
         """Token embeddings [..., D] in the compute dtype for ids [...]."""
@@ -161,18 +190,28 @@ class Llama(nnx.Module):
     def logits(self, x_btd: jax.Array) -> jax.Array:
         """Final norm and output head: [B, T, D] -> logits [B, T, V_padded], the padded
         vocabulary columns set to the dtype's minimum."""
-        config = self.config
-        dtype = jnp.dtype(config.dtype)
-        x_btd = self.final_norm(x_btd)
-        if config.tie_embeddings:
-            logits = project(x_btd, self.embedding[...].astype(dtype).T)
-        else:
-            logits = project(x_btd, self.lm_head[...].astype(dtype))
-        logits = logits.astype(jnp.dtype(config.logits_dtype))
-        if config.padded_vocab_size > config.vocab_size:
-            is_real = jnp.arange(config.padded_vocab_size) < config.vocab_size
-            logits = jnp.where(is_real, logits, jnp.finfo(logits.dtype).min)
-        return logits
+        return vocab_logits(self.final_norm(x_btd), self.output_weight(), self.config)
+
+    def output_weight(self) -> jax.Array:
+        """The output projection [D, V_padded] in the parameters' dtype: `lm_head`, or the
+        embedding's transpose when the embeddings are tied."""
+        if self.config.tie_embeddings:
+            return self.embedding[...].T
+        return self.lm_head[...]
+
+
+def vocab_logits(h_btd: jax.Array, weight_dv: jax.Array, config: LlamaConfig) -> jax.Array:
+    """The output head on final-norm outputs: h [B, T, D] times `weight_dv` [D, V_padded]
+    (`Llama.output_weight`) in the compute dtype, cast to `config.logits_dtype`, with the
+    columns at or beyond `config.vocab_size` (vocabulary padding) set to the dtype's minimum so
+    they never win a softmax or an argmax. The one recipe for the model's logits and the
+    chunked loss's (lima_jax.train.loss), so both round alike."""
+    logits = project(h_btd, weight_dv.astype(jnp.dtype(config.dtype)))
+    logits = logits.astype(jnp.dtype(config.logits_dtype))
+    if config.padded_vocab_size > config.vocab_size:
+        is_real = jnp.arange(config.padded_vocab_size) < config.vocab_size
+        logits = jnp.where(is_real, logits, jnp.finfo(logits.dtype).min)
+    return logits
 
 
 def abstract_model(config: LlamaConfig) -> Llama:

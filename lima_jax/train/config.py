@@ -74,6 +74,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.grad_accum_steps = 1  # micro-batches per step; the loss is over the global batch
+    # Tokens per chunk of the loss: > 0 computes the logits, loss and gradient through the output
+    # layer that many tokens at a time, never the micro-batch's whole [B, T, V] logits (memory
+    # for large vocabularies; lima_jax/train/loss.py); 0 = all at once.
+    c.train.loss_chunk_size = 0
     c.train.max_steps = 0  # > 0 cuts the run short (the schedule still spans the full run)
     c.train.log_every = 1
     c.train.eval_data = ""  # held-out file (any data format) for held-out loss, '' = none
@@ -143,6 +147,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
     _check(c.data.global_batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
            f"must divide data.global_batch_size={c.data.global_batch_size}")
+    _check(isinstance(t.loss_chunk_size, int) and t.loss_chunk_size >= 0, "train.loss_chunk_size",
+           "must be an integer >= 0 (tokens per loss chunk; 0 = off)")
     _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = the whole run)")
     _check(t.log_every >= 1, "train.log_every", "must be >= 1")
     _check(c.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")

@@ -8,7 +8,10 @@ ordinary pytrees. The model is rebuilt from them inside the jitted step
 
 The loss is the mean cross-entropy over the loss-mask tokens of the whole global batch:
 with gradient accumulation each micro-batch's summed loss is divided by the global
-token count, so A micro-batches give the gradient of the one large batch. A step whose
+token count, so A micro-batches give the gradient of the one large batch. With
+`loss_chunk_size` (config `train.loss_chunk_size`) the loss, its gradient through the output
+projection and the held-out sums are computed a chunk of tokens at a time
+(`lima_jax.train.loss`), so the step holds no [B, T, V] logits. A step whose
 loss or gradient norm is not finite applies no update (the state is kept as it was) and
 says so in its metrics (`finite`), so the loop can stop with finite weights (README
 "Training").
@@ -38,6 +41,7 @@ from lima_jax import sharding as sharding_lib
 from lima_jax.model.config import LlamaConfig
 from lima_jax.model.llama import Llama, abstract_model
 from lima_jax.train.config import rows_per_device_check
+from lima_jax.train.loss import chunked_ce_sums
 from lima_jax.train.optim import learning_rate_schedule, make_optimizer
 
 Batch = dict  # tokens, targets, segment_ids, positions: int32 [B, T]; loss_mask float32 [B, T]
@@ -48,12 +52,13 @@ class StepFunctions:
 
     def __init__(self, model_config: LlamaConfig, optimizer: optax.GradientTransformation,
                  schedule: optax.Schedule, grad_accum_steps: int = 1,
-                 micro_batch_sharding: NamedSharding | None = None):
+                 micro_batch_sharding: NamedSharding | None = None, loss_chunk_size: int = 0):
         self.model_config = model_config
         self.optimizer = optimizer
         self.schedule = schedule
         self.grad_accum_steps = grad_accum_steps
         self.micro_batch_sharding = micro_batch_sharding
+        self.loss_chunk_size = loss_chunk_size  # tokens per loss chunk; 0 = whole logits
         self.graphdef, self.abstract_state = nnx.split(abstract_model(model_config))
 
     # ------------------------------------------------------------------ model
@@ -100,6 +105,27 @@ class StepFunctions:
         mask = batch["loss_mask"].astype(jnp.float32)
         return ce * mask, logits, mask
 
+    def _loss_sums(self, params, batch: Batch, rng, deterministic: bool,
+                   count_correct: bool = False) -> dict:
+        """The masked cross-entropy summed over `batch` ('ce_sum'), and with `count_correct`
+        the loss tokens predicted right ('correct'): from the whole logits, or chunk by chunk
+        (`loss_chunk_size`, lima_jax.train.loss) without ever holding them."""
+        if not self.loss_chunk_size:
+            ce, logits, mask = self._masked_ce(params, batch, rng, deterministic)
+            sums = {"ce_sum": ce.sum()}
+            if count_correct:
+                hits = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+                sums["correct"] = (hits * mask).sum()
+            return sums
+        model = self.model(params)
+        h_btd = model.hidden_states(
+            batch["tokens"], batch["positions"], batch["segment_ids"],
+            dropout_rng=rng, deterministic=deterministic,
+        )
+        return chunked_ce_sums(h_btd, model.output_weight(), batch["targets"], batch["loss_mask"],
+                               config=self.model_config, chunk_tokens=self.loss_chunk_size,
+                               count_correct=count_correct)
+
     def train_step(self, state: dict, batch: Batch):
         """One optimizer update on the global batch; returns (state, metrics)."""
         params = state["params"]
@@ -107,8 +133,7 @@ class StepFunctions:
         loss_tokens = jnp.maximum(batch["loss_mask"].astype(jnp.float32).sum(), 1.0)
 
         def loss_fn(p, micro_batch, rng):
-            ce, _, _ = self._masked_ce(p, micro_batch, rng, deterministic=False)
-            return ce.sum() / loss_tokens
+            return self._loss_sums(p, micro_batch, rng, deterministic=False)["ce_sum"] / loss_tokens
 
         grad_fn = jax.value_and_grad(loss_fn)
         a = self.grad_accum_steps
@@ -165,9 +190,9 @@ class StepFunctions:
 
     def eval_step(self, params, batch: Batch) -> dict:
         """Sums over a batch: cross-entropy, loss tokens, correctly predicted loss tokens."""
-        ce, logits, mask = self._masked_ce(params, batch, None, deterministic=True)
-        correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32) * mask
-        return {"ce_sum": ce.sum(), "tokens": mask.sum(), "correct": correct.sum()}
+        sums = self._loss_sums(params, batch, None, deterministic=True, count_correct=True)
+        return {"ce_sum": sums["ce_sum"], "tokens": batch["loss_mask"].astype(jnp.float32).sum(),
+                "correct": sums["correct"]}
 
     # ------------------------------------------------------------------ shardings
 
@@ -269,15 +294,17 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlamaCon
     """The train step of run `config` for `model_config` over `mesh`, jitted with its shardings.
 
     From the config: the optimizer and its schedule over `total_steps` (only the learning-rate
-    values depend on it), the sharding rules and the micro-batches per step; a micro-batch
-    that does not split over the devices sharing the batch stops here, naming the key.
+    values depend on it), the sharding rules, the micro-batches per step and the loss chunk
+    size; a micro-batch that does not split over the devices sharing the batch stops here,
+    naming the key.
     `.compile(state, batch)` lowers and compiles it under the mesh and rules."""
     rules = tuple(config.sharding_rules)
     rows_per_device_check(config, sharding_lib.batch_devices(mesh, rules))
     rows = sharding_lib.batch_sharding(mesh, rules)
     fns = StepFunctions(model_config, make_optimizer(config.optimizer, total_steps),
                         learning_rate_schedule(config.optimizer, total_steps),
-                        config.train.grad_accum_steps, micro_batch_sharding=rows)
+                        config.train.grad_accum_steps, micro_batch_sharding=rows,
+                        loss_chunk_size=config.train.loss_chunk_size)
     abstract_state = jax.eval_shape(fns.init_state, jax.random.PRNGKey(0))
     state_shardings = fns.state_shardings(mesh, rules, abstract_state)
     train_step = jax.jit(fns.train_step, in_shardings=(state_shardings, rows),

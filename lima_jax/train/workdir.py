@@ -31,7 +31,7 @@ from lima_jax import sharding as sharding_lib
 from lima_jax.checkpoint import CHECKPOINTS_DIR, EPOCHS_FILE, UNRESTORABLE_DIR, kept_steps
 from lima_jax.data.readers import split_paths
 from lima_jax.jsonl import read_json, write_json
-from lima_jax.train.config import RunConfigError
+from lima_jax.train.config import RunConfigError, get_base_config
 
 log = logging.getLogger("lima_jax.train")
 
@@ -54,7 +54,7 @@ RESUMABLE_KEYS = (
     "train.eval_every_epochs", "train.eval_at_start", "train.eval_exact_match",
     "checkpoint",
     "mesh", "sharding_rules", "distributed", "compile_only", "topology",
-    "model.remat", "model.scan_unroll",
+    "model.remat", "model.scan_unroll", "train.loss_chunk_size",
     "data.train_tokenizer.cache_dir",
 )
 # Keys naming data files: compared by content (sha256), so a moved workdir or data folder is fine.
@@ -182,6 +182,10 @@ def _resumable(key: str) -> bool:
 def changed_keys(before: dict, now: dict) -> list[str]:
     """The keys of two fingerprints that differ where a resumed run must keep them."""
     old, new = _flat(before["config"]), _flat(now["config"])
+    # A key the run's lima_jax did not have yet counts as its default then (a newer version's
+    # key at its default computes what the older version did).
+    defaults = _flat(json.loads(get_base_config().to_json_best_effort()))
+    old = {**{k: defaults[k] for k in new.keys() - old.keys() if k in defaults}, **old}
     keys = sorted(k for k in old.keys() | new.keys()
                   if not _resumable(k) and k not in DATA_FILE_KEYS and old.get(k) != new.get(k))
     keys += [k for k in DATA_FILE_KEYS

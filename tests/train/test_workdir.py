@@ -16,7 +16,7 @@ import pytest
 
 from lima_jax.checkpoint import CheckpointError, kept_steps
 from lima_jax.train import train
-from lima_jax.train.config import RunConfigError
+from lima_jax.train.config import RunConfigError, get_base_config
 from lima_jax.train.workdir import RESUMABLE_KEYS, RUN_FILE, changed_keys, fingerprint
 from tests.helpers.train_configs import losses, tiny_config
 
@@ -172,3 +172,16 @@ def test_the_demo_run_twice_into_one_workdir_says_what_to_do(tmp_path):
                          (mesh, "error: config.mesh: data=3, fsdp=-1, tensor=1 does not fit the 8 devices")):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith(line)
+
+
+def test_a_key_newer_than_the_run_counts_as_its_default():
+    import copy
+
+    from lima_jax.train.workdir import changed_keys
+
+    now = json.loads(get_base_config().to_json_best_effort())
+    recorded = copy.deepcopy(now)
+    del recorded["train"]["grad_accum_steps"]  # as a run.json written before the key existed
+    assert changed_keys({"config": recorded, "data": {}}, {"config": now, "data": {}}) == []
+    now["train"]["grad_accum_steps"] = 4
+    assert changed_keys({"config": recorded, "data": {}}, {"config": now, "data": {}}) == ["train.grad_accum_steps"]

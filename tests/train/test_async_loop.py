@@ -203,7 +203,11 @@ def test_the_loop_dispatches_step_n_plus_1_before_reading_step_n(tmp_path, monke
     for n in (3, 6):  # a checkpoint after them: the flag first, then the save, then the next step
         assert order.index(("read", n)) < order.index(("save", n)) < order.index(("dispatch", n + 1))
     assert order.index(("dispatch", 7)) < order.index(("read", 7)) < order.index(("save", 7))
-    for n in range(1, 7):  # the next batch was on the devices before the host waited on step n
+    # Where step n is read late, the next batch was on the devices before the host waited on
+    # step n. (After a saved step the host reads at once, and whether the slow source has the
+    # next batch ready by then depends on the machine's load; test_the_prefetcher_builds_ahead_
+    # of_a_slow_step pins building ahead with a slow step.)
+    for n in (1, 2, 4, 5):
         assert order.index(("built", n + 1)) < order.index(("read", n))
     assert {threads[("built", n)] for n in range(1, 8)} == {"lima-prefetch"}
     assert {threads[("dispatch", n)] for n in range(1, 8)} == {threading.main_thread().name}

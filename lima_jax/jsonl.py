@@ -202,6 +202,13 @@ def _tail_start(f) -> int:
     return 0
 
 
+def _read_tail(f) -> tuple[int, bytes]:
+    """(offset, bytes) of the last line of an open binary file; the position is left at its end."""
+    start = _tail_start(f)
+    f.seek(start)
+    return start, f.read()
+
+
 def torn_tail(path: PathLike) -> tuple[int, bytes] | None:
     """(line number, bytes) of a JSONL file's last line when a crash cut it short (no line feed
     and not JSON), else None (a missing file included). Nothing is changed."""
@@ -209,9 +216,7 @@ def torn_tail(path: PathLike) -> tuple[int, bytes] | None:
     if not path.is_file():
         return None
     with path.open("rb") as f:
-        start = _tail_start(f)
-        f.seek(start)
-        fragment = f.read()
+        start, fragment = _read_tail(f)
         if _is_complete_line(fragment):
             return None
         f.seek(0)
@@ -244,9 +249,7 @@ def set_aside_torn_tail(path: PathLike) -> pathlib.Path | None:
     if not path.is_file():
         return None
     with path.open("r+b") as f:
-        start = _tail_start(f)
-        f.seek(start)
-        fragment = f.read()
+        start, fragment = _read_tail(f)
         if not fragment:
             return None
         if _is_complete_line(fragment):

@@ -127,20 +127,11 @@ class Llama(nnx.Module):
         return self.logits(self.residual_stream(
             tokens, positions, segment_ids, dropout_rng=dropout_rng, deterministic=deterministic))
 
-    def hidden_states(
-        self,
-        tokens: jax.Array,
-        positions: jax.Array | None = None,
-        segment_ids: jax.Array | None = None,
-        *,
-        dropout_rng: jax.Array | None = None,
-        deterministic: bool = True,
-    ) -> jax.Array:
+    def hidden_states(self, *args, **kwargs) -> jax.Array:
         """The output projection's input [B, T, D] (after the final norm) for tokens [B, T];
         arguments as `__call__`. With `output_weight()` this gives the logits piecewise, so a
         loss can be computed a few tokens at a time (lima_jax.train.loss)."""
-        return self.final_norm(self.residual_stream(
-            tokens, positions, segment_ids, dropout_rng=dropout_rng, deterministic=deterministic))
+        return self.final_norm(self.residual_stream(*args, **kwargs))
 
     def residual_stream(
         self,

@@ -52,6 +52,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny shapes, interpreted kernel: checks the benchmark on CPU")
 
 
+def random_packing(rng: np.random.Generator, batch: int, t: int) -> np.ndarray:
+    """[B, T] segment ids: 1 to 4 examples of random lengths, then random trailing padding (up
+    to half the row): the packed rows the kernels are checked on, here and in the tests."""
+    out = np.zeros((batch, t), np.int32)
+    for row in range(batch):
+        used = int(rng.integers(t // 2, t + 1))
+        count = int(rng.integers(1, 5))
+        cuts = np.sort(rng.choice(np.arange(1, used), size=count - 1, replace=False)) if count > 1 else []
+        bounds = [0, *cuts, used]
+        for s in range(count):
+            out[row, bounds[s]:bounds[s + 1]] = s + 1
+    return out
+
+
+def relative_error(x, reference) -> float:
+    """max |x - ref| / max |ref|, in float32."""
+    x, reference = np.asarray(x, np.float32), np.asarray(reference, np.float32)
+    return float(np.abs(x - reference).max() / np.abs(reference).max())
+
+
 def causal_flops(b: int, t: int, n: int, h: int, backward: bool) -> float:
     forward = 4.0 * b * t * t * n * h / 2
     return forward * (3.5 if backward else 1.0)

@@ -402,32 +402,16 @@ def _skipped_row(part: str, labels: list[str], budget: Budget, goal_key: str | N
 # ---------------------------------------------------------------------- 1. check
 
 
-def _random_packing(rng: np.random.Generator, batch: int, t: int) -> np.ndarray:
-    """[B, T] segment ids: 1 to 4 examples of random lengths, then up to half the row padding."""
-    out = np.zeros((batch, t), np.int32)
-    for row in range(batch):
-        used = int(rng.integers(t // 2, t + 1))
-        count = int(rng.integers(1, 5))
-        cuts = sorted(rng.choice(np.arange(1, used), size=count - 1, replace=False)) if count > 1 else []
-        bounds = [0, *cuts, used]
-        for s in range(count):
-            out[row, bounds[s]:bounds[s + 1]] = s + 1
-    return out
-
-
-def _relative_error(x, reference) -> float:
-    x, reference = np.asarray(x, np.float32), np.asarray(reference, np.float32)
-    return float(np.abs(x - reference).max() / np.abs(reference).max())
-
-
 def check_shape(shape: CheckShape, backend: str, interpret: bool, seed: int = 0) -> dict[str, float]:
     """Relative errors of the kernel's output and q/k/v gradients against the reference."""
+    from lima_jax.kernels.bench import random_packing, relative_error
+
     rng = np.random.default_rng(seed)
     dtype = jnp.bfloat16
     q = jnp.asarray(rng.normal(size=(shape.batch, shape.t, shape.n, shape.h)), dtype)
     k = jnp.asarray(rng.normal(size=(shape.batch, shape.t, shape.k, shape.h)), dtype)
     v = jnp.asarray(rng.normal(size=(shape.batch, shape.t, shape.k, shape.h)), dtype)
-    seg = jnp.asarray(_random_packing(rng, shape.batch, shape.t)) if shape.packed else None
+    seg = jnp.asarray(random_packing(rng, shape.batch, shape.t)) if shape.packed else None
     w = jnp.asarray(rng.normal(size=q.shape), jnp.float32)  # the cotangent: reaches every output
 
     def kernel(q_, k_, v_):
@@ -447,8 +431,8 @@ def check_shape(shape: CheckShape, backend: str, interpret: bool, seed: int = 0)
 
     out, grads = value_and_grads(kernel)
     ref_out, ref_grads = value_and_grads(reference)
-    errors = {"out": _relative_error(out, ref_out)}
-    errors.update({f"d{name}": _relative_error(g, r) for name, g, r in zip("qkv", grads, ref_grads)})
+    errors = {"out": relative_error(out, ref_out)}
+    errors.update({f"d{name}": relative_error(g, r) for name, g, r in zip("qkv", grads, ref_grads)})
     return errors
 
 

@@ -1,7 +1,9 @@
 """Orbax checkpoints of lima_jax models and training runs, and what each kind of directory is.
 
 A model checkpoint is a directory holding `model_config.json` (the `LlamaConfig`), `params/`
-(the parameters, an orbax PyTree checkpoint) and, when known, `tokenizer.model`. A training
+(the parameters, an orbax PyTree checkpoint) and, when known, its tokenizer's files as Hugging
+Face names them (`tokenizer.json` or `tokenizer.model`, `tokenizer_config.json`, ...;
+`model_tokenizer` reads them back). A training
 run (its workdir) keeps `checkpoints/<step>/` (state, data iterator, meta) and `epochs.json`,
 the step each epoch ended at. Restoring is shape-first: the parameters are read straight into
 their (optionally sharded) layout. `checkpoint_kind` tells the four kinds of directory apart
@@ -31,6 +33,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from lima_jax import sharding as sharding_lib
+from lima_jax.data.tokenizer import SIDE_FILES, TOKENIZER_JSON, Tokenizer, tokenizer_file_in
 from lima_jax.errors import InputError, LimaError
 from lima_jax.jsonl import read_json
 from lima_jax.model.config import LlamaConfig
@@ -39,6 +42,8 @@ from lima_jax.model.llama import Llama, abstract_model
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 TOKENIZER_FILE = "tokenizer.model"
+# The tokenizer files a model checkpoint may hold (a save replaces those of the model before it).
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_FILE, *SIDE_FILES)
 HF_CONFIG_FILE = "config.json"  # a Hugging Face model directory's
 CHECKPOINTS_DIR = "checkpoints"  # a training workdir's step directories
 TRAIN_STATE_DIR = "state"  # a training step directory's train state
@@ -239,9 +244,13 @@ def _shapes(tree) -> dict[str, tuple]:
 # --------------------------------------------------------------------------- model checkpoints
 
 
-def save_model(model: Llama, ckpt_dir: str | os.PathLike, *,
+def save_model(model: Llama, ckpt_dir: str | os.PathLike, *, tokenizer: Tokenizer | None = None,
                tokenizer_model: str | os.PathLike | None = None) -> pathlib.Path:
     """Writes `model` to `ckpt_dir` (created; an existing params/ is replaced).
+
+    tokenizer: written beside the model, all its files (`Tokenizer.write_files`);
+    tokenizer_model: a bare SentencePiece file, copied in as tokenizer.model. The tokenizer
+    files an earlier save left are removed first: they belong to the model replaced.
 
     Only a new or empty folder or a lima_jax model checkpoint (model_config.json + params/) is
     written to; any other folder, or a file, raises an InputError naming it and is left as it is."""
@@ -262,9 +271,28 @@ def save_model(model: Llama, ckpt_dir: str | os.PathLike, *,
         checkpointer.save(params_dir, pure)
         checkpointer.wait_until_finished()
     (ckpt_dir / MODEL_CONFIG_FILE).write_text(model.config.to_json())
+    for name in TOKENIZER_FILES:
+        (ckpt_dir / name).unlink(missing_ok=True)
+    if tokenizer is not None:
+        tokenizer.write_files(ckpt_dir)
     if tokenizer_model is not None:
         shutil.copyfile(tokenizer_model, ckpt_dir / TOKENIZER_FILE)
     return ckpt_dir
+
+
+def model_tokenizer(ckpt_dir: str | os.PathLike) -> Tokenizer | None:
+    """The tokenizer a model checkpoint holds (`save_model`'s files), None when it holds none.
+    Its end of turn is the model's: the new EOT when `model_config.json` names the id after the
+    tokenizer's, the token at that id when it names one of the tokenizer's own; a model without
+    an end-of-turn id gets the default (a new EOT the model has no row for)."""
+    ckpt_dir = pathlib.Path(ckpt_dir)
+    if tokenizer_file_in(ckpt_dir) is None:
+        return None
+    tokenizer = Tokenizer.load(ckpt_dir)
+    eot_id = load_model_config(ckpt_dir).eot_token_id
+    if eot_id is not None and eot_id < tokenizer.base_vocab_size:
+        tokenizer = tokenizer.with_eot(tokenizer.id_to_piece(eot_id))
+    return tokenizer
 
 
 def load_model_config(ckpt_dir: str | os.PathLike) -> LlamaConfig:

@@ -5,7 +5,12 @@
     python -m lima_jax.convert llama2c-to-hf --bin stories15M.bin --tokenizer tokenizer.model --out DIR
 
 Both HF directions move one tensor at a time, so converting a 65B checkpoint needs
-memory for the model once, not twice. A llama2.c checkpoint (karpathy/llama2.c's
+memory for the model once, not twice. The tokenizer travels too: ``hf-to-lima`` keeps all the
+source's tokenizer files beside the model (tokenizer.json or tokenizer.model, tokenizer_config.json,
+special_tokens_map.json, chat_template.jinja), and ``lima-to-hf`` writes the checkpoint's tokenizer
+so that ``transformers.AutoTokenizer`` encodes as lima_jax does, LIMA's new EOT registered as the
+special token ``<EOT>``, and names the end of turn first in ``eos_token_id`` so that ``generate``
+stops where lima_jax stops (`lima_jax.data.tokenizer_export`). A llama2.c checkpoint (karpathy/llama2.c's
 `stories*.bin`, float32 formats v0 and v1, read by `lima_jax.model.llama2c`) becomes a
 Hugging Face directory, which `from_hf`, training (`model.init_from`) and decoding then
 read like any other.
@@ -30,14 +35,18 @@ from lima_jax.checkpoint import (
     MODEL,
     MODEL_CONFIG_FILE,
     PARAMS_DIR,
-    TOKENIZER_FILE,
     checkpoint_kind,
     load_model,
+    model_tokenizer,
     save_model,
 )
 from lima_jax.cli import run_command, setup_logging
+from lima_jax.data.errors import DataError
+from lima_jax.data.tokenizer import Tokenizer, read_tokenizer_files, tokenizer_file_in
+from lima_jax.data.tokenizer_export import export_files, export_tokenizer, hf_token_ids, remove_tokenizer_files
 from lima_jax.decode.load import load_for_decoding
 from lima_jax.errors import InputError
+from lima_jax.model.config import LlamaConfig
 from lima_jax.model.hf import NUMPY_DTYPES, SAFETENSORS_FILE, SAFETENSORS_INDEX, from_hf, to_hf
 from lima_jax.model.llama import count_parameters
 from lima_jax.model.llama2c import llama2c_to_hf
@@ -75,39 +84,84 @@ def check_out_dir(out: str | os.PathLike, kind: str) -> pathlib.Path:
 
 
 def hf_to_lima(hf_dir: str, out: str, *, dtype: str = "float32", add_eot: bool = False) -> pathlib.Path:
-    """Converts a Hugging Face LLaMA directory into a lima_jax model checkpoint."""
+    """Converts a Hugging Face LLaMA directory into a lima_jax model checkpoint, with all the
+    tokenizer files the directory holds (one lima_jax cannot read travels as it is, with a warning)."""
     check_out_dir(out, MODEL)
     model = from_hf(hf_dir, dtype=dtype, add_eot=add_eot)
-    tokenizer = pathlib.Path(hf_dir) / TOKENIZER_FILE
-    path = save_model(model, out, tokenizer_model=tokenizer if tokenizer.is_file() else None)
-    log.info("wrote %s: %.3fB parameters, vocab %d (padded %d), eot %s", path,
+    tokenizer, unread = None, {}
+    if tokenizer_file_in(hf_dir) is not None:
+        try:
+            tokenizer = Tokenizer.load(hf_dir)
+        except DataError as err:
+            log.warning("%s; its tokenizer files are copied as they are", err)
+            unread = read_tokenizer_files(hf_dir)
+    path = save_model(model, out, tokenizer=tokenizer)
+    for name, data in unread.items():
+        (path / name).write_bytes(data)
+    log.info("wrote %s: %.3fB parameters, vocab %d (padded %d), eot %s%s", path,
              count_parameters(model.config) / 1e9, model.config.vocab_size,
-             model.config.padded_vocab_size, model.config.eot_token_id)
+             model.config.padded_vocab_size, model.config.eot_token_id,
+             f", tokenizer: {', '.join(sorted(tokenizer.files))}" if tokenizer else "")
     return path
 
 
-def lima_to_hf(ckpt: str, out: str, *, dtype: str | None = None, max_shard_gb: float = 5.0) -> pathlib.Path:
-    """Converts a lima_jax checkpoint into a Hugging Face LLaMA directory.
+def _fit_tokenizer(tokenizer: Tokenizer, config: LlamaConfig, where: str) -> tuple[Tokenizer, bool]:
+    """(the tokenizer with the model's end of turn, whether the model has one). A tokenizer whose
+    ids the model cannot embed is an InputError naming `where`, before anything is written."""
+    eot = config.eot_token_id
+    if eot is not None and eot != tokenizer.eot_id:
+        if eot == tokenizer.base_vocab_size:
+            tokenizer = tokenizer.with_eot("new")
+        elif eot < tokenizer.base_vocab_size:
+            tokenizer = tokenizer.with_eot(tokenizer.id_to_piece(eot))
+        else:
+            raise InputError(f"the model's end-of-turn id {eot} lies past the tokenizer's {tokenizer.base_vocab_size} "
+                             "ids and its new EOT", where=where, hint="the tokenizer is not the model's")
+    with_eot = eot is not None
+    needed = tokenizer.vocab_size if with_eot else tokenizer.base_vocab_size
+    if needed > config.vocab_size:
+        raise InputError(f"the tokenizer has {needed} ids, the model embeds {config.vocab_size}", where=where,
+                         hint="the tokenizer is not the model's")
+    return tokenizer, with_eot
 
-    `ckpt` is a model checkpoint (`hf-to-lima`'s), a training step directory, or a training
-    workdir (its latest step), as `python -m lima_jax.decode --ckpt` accepts.
+
+def lima_to_hf(ckpt: str, out: str, *, dtype: str | None = None, max_shard_gb: float = 5.0) -> pathlib.Path:
+    """Converts a lima_jax checkpoint into a Hugging Face LLaMA directory, its tokenizer with it.
+
+    `ckpt` is a model checkpoint (`hf-to-lima`'s, whose tokenizer files are optional), a training
+    step directory, or a training workdir (its latest step), as `python -m lima_jax.decode --ckpt`
+    accepts. The tokenizer is written by `lima_jax.data.tokenizer_export` (AutoTokenizer encodes
+    as lima_jax does; a new EOT is the special token ``<EOT>``), and config.json /
+    generation_config.json name its bos, pad, unk ids and the end of turn first in eos.
     """
     check_out_dir(out, HF)
     path = pathlib.Path(ckpt)
-    tokenizer_bytes = None
-    if checkpoint_kind(path) == MODEL:  # its tokenizer.model is optional here
+    tokenizer, unread = None, {}
+    if checkpoint_kind(path) == MODEL:
         model = load_model(path)
-        if (path / TOKENIZER_FILE).is_file():
-            tokenizer_bytes = (path / TOKENIZER_FILE).read_bytes()
+        try:
+            tokenizer = model_tokenizer(path)
+        except DataError as err:  # as hf-to-lima carried it: copied as it is
+            log.warning("%s; its tokenizer files are copied as they are", err)
+            unread = read_tokenizer_files(path)
     else:
         model, tokenizer = load_for_decoding(ckpt=str(path))  # a training run: params only
-        tokenizer_bytes = tokenizer.model_proto
-    path = to_hf(model, out, dtype=dtype, max_shard_bytes=int(max_shard_gb * 2**30))
-    if tokenizer_bytes is not None:
-        (path / TOKENIZER_FILE).write_bytes(tokenizer_bytes)
-    log.info("wrote %s (vocab %d, eos %s)", path, model.config.vocab_size,
-             model.config.eot_token_id if model.config.eot_token_id is not None
-             else model.config.eos_token_id)
+    files, token_ids = None, None
+    if tokenizer is not None:  # prepared before anything is written: a misfit stops here
+        tokenizer, with_eot = _fit_tokenizer(tokenizer, model.config, str(path))
+        files, token_ids = export_files(tokenizer, with_eot=with_eot), hf_token_ids(tokenizer, with_eot=with_eot)
+    path = to_hf(model, out, dtype=dtype, max_shard_bytes=int(max_shard_gb * 2**30), token_ids=token_ids)
+    if tokenizer is not None:
+        export_tokenizer(tokenizer, path, with_eot=with_eot, files=files)
+    else:
+        remove_tokenizer_files(path)  # an earlier export's, of another model
+        for name, data in unread.items():
+            (path / name).write_bytes(data)
+        files = unread
+    eos = token_ids["eos_token_id"] if token_ids else (
+        model.config.eot_token_id if model.config.eot_token_id is not None else model.config.eos_token_id)
+    log.info("wrote %s (vocab %d, eos %s%s)", path, model.config.vocab_size, eos,
+             f", tokenizer: {', '.join(sorted(files))}" if files else ", no tokenizer")
     return path
 
 

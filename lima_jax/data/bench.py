@@ -6,15 +6,29 @@ batch, so fixed costs (tokenizer load, worker start-up) are included. Baseline, 
 process: ``transformers``' LLaMA tokenizer (batched call, Rust backend) and the same template,
 trimming and first-fit packing written as a plain Python loop over lists. Figure: real (non-pad)
 tokens in the batches per second of wall time, median of ``--repeats`` runs.
+
+Per tokenizer backend (``--backends``): every utterance of the data file through
+``Tokenizer.encode_batch`` (``--threads`` threads, and 1 thread where the backend takes a count),
+tokens per second of encoding (load time reported apart), against the reference each backend is
+tested against, ids compared: ``sentencepiece`` (``--tokenizer``, LLaMA's) vs the sentencepiece
+library one text at a time (Meta's LLaMA code); ``tokenizers`` (``--tokenizer-json``, by default
+``--llama3-tokenizer`` converted to tokenizer.json by transformers) vs transformers' AutoTokenizer,
+batched; ``tiktoken`` (``--llama3-tokenizer``, Meta's file) vs tiktoken one text at a time as Meta's
+Llama 3 code calls it. A row that cannot run here (no transformers, no file) says why and is not
+recorded.
+
+``python -m lima_jax.bench data`` or ``python -m lima_jax.data.bench`` (the same arguments).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any
@@ -23,12 +37,16 @@ import numpy as np
 
 from lima_jax.data.config import get_default_data_config
 from lima_jax.data.pipeline import build_pipeline
+from lima_jax.data.readers import read_conversations
+from lima_jax.data.tokenizer import Tokenizer
+from lima_jax.errors import LimaError
 from lima_jax.jsonl import read_records
 
 _SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GOAL_TOKENS_PER_S = 120_000
 GOAL_EFFICIENCY = 0.95
-VERSIONS = ("grain", "sentencepiece", "numpy", "transformers", "tokenizers")  # stamped by lima_jax.bench
+BACKENDS = ("sentencepiece", "tokenizers", "tiktoken")
+VERSIONS = ("grain", "sentencepiece", "numpy", "transformers", "tokenizers", "tiktoken")  # stamped by lima_jax.bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1,
                         help="epochs of batches per measurement (fixed costs are paid once)")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help=f"tokenizer backends to time on the data's utterances: comma-separated of "
+                             f"{', '.join(BACKENDS)}, or none")
+    parser.add_argument("--llama3-tokenizer", default=str(_SHARED / "tokenizer" / "llama3" / "tokenizer.model"),
+                        help="Meta's Llama 3 tokenizer.model (tiktoken) for the tiktoken row")
+    parser.add_argument("--tokenizer-json", default="",
+                        help="tokenizer.json (or its directory) for the tokenizers row; default: "
+                             "--llama3-tokenizer converted by transformers")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads for encode_batch in the backend rows")
 
 
 def _ours(args: argparse.Namespace, workers: int) -> tuple[float, int, float, float]:
@@ -125,6 +153,139 @@ def _first_fit(examples: list, t: int) -> list[list[Any]]:
     return rows
 
 
+class _Skip(LimaError):
+    """A backend row that cannot run here; the message says why."""
+
+
+def _llama3_tokenizer_json(model: str, out: pathlib.Path) -> pathlib.Path:
+    """Meta's Llama 3 tiktoken file as a tokenizer.json directory, by transformers' own converter."""
+    if not pathlib.Path(model).is_file():
+        raise _Skip(f"{model} not found (pass --llama3-tokenizer or --tokenizer-json)")
+    try:
+        from tokenizers import AddedToken
+        from transformers import PreTrainedTokenizerFast
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+    except ImportError as e:
+        raise _Skip(f"transformers is needed to convert {model} to tokenizer.json ({e})") from None
+    from lima_jax.data.tokenizer_backends import LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS
+
+    converted = TikTokenConverter(model, pattern=LLAMA3_PATTERN).converted()
+    converted.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL_TOKENS])
+    PreTrainedTokenizerFast(tokenizer_object=converted, bos_token="<|begin_of_text|>",
+                            eos_token="<|end_of_text|>").save_pretrained(out)
+    return out
+
+
+def _median_times(calls: dict[str, Any], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median seconds of each call over ``repeats`` rounds, after one untimed warm-up round; the calls
+    take turns within a round, starting one further on each round, so that none gains from its place.
+    Also each call's result."""
+    results = {name: call() for name, call in calls.items()}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for round_ in range(max(1, repeats)):
+        turn = round_ % len(names)
+        for name in names[turn:] + names[:turn]:
+            start = time.perf_counter()
+            results[name] = calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
+def _reference(backend: str, source: str, texts: list[str]) -> tuple[str, Any]:
+    """(name, a call encoding ``texts`` as the reference the tests hold the backend to)."""
+    if backend == "sentencepiece":
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=source)
+        return "sentencepiece, one text at a time", lambda: [sp.encode(t) for t in texts]
+    if backend == "tiktoken":
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        from lima_jax.data.tokenizer_backends import LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS
+
+        ranks = load_tiktoken_bpe(source)
+        enc = tiktoken.Encoding(name="llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
+                                special_tokens={t: len(ranks) + i for i, t in enumerate(LLAMA3_SPECIAL_TOKENS)})
+        return ("tiktoken Encoding.encode, one text at a time (Meta's Llama 3 code)",
+                lambda: [enc.encode(t, allowed_special=set(), disallowed_special=()) for t in texts])
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return "", None
+    tok = AutoTokenizer.from_pretrained(source)
+    return ("transformers AutoTokenizer, batched",
+            lambda: tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def _backend_row(args: argparse.Namespace, backend: str, texts: list[str], tmp: pathlib.Path) -> dict[str, Any]:
+    """One backend's tokens/s on ``texts`` (or a row saying why it was skipped)."""
+    name = f"data/tokenize_utterances/{backend}"
+    try:
+        if backend == "sentencepiece":
+            source, what = args.tokenizer, f"{pathlib.Path(args.tokenizer).name} (SentencePiece)"
+        elif backend == "tiktoken":
+            source, what = args.llama3_tokenizer, "Llama 3 tokenizer.model (tiktoken)"
+            if not pathlib.Path(source).is_file():
+                raise _Skip(f"{source} not found (pass --llama3-tokenizer)")
+        elif args.tokenizer_json:
+            source, what = args.tokenizer_json, f"{args.tokenizer_json} (tokenizer.json)"
+        else:
+            source = str(_llama3_tokenizer_json(args.llama3_tokenizer, tmp / "llama3_json"))
+            what = "Llama 3 converted to tokenizer.json"
+        start = time.perf_counter()
+        tok = Tokenizer.load(source)
+        load_s = time.perf_counter() - start
+        if tok.kind != backend:
+            raise _Skip(f"{source} is a {tok.kind} tokenizer, not {backend}")
+        if backend == "tokenizers" and pathlib.Path(source).is_file():
+            source = str(pathlib.Path(source).parent)  # AutoTokenizer wants the directory
+    except _Skip as e:
+        return {"benchmark": "data", "name": name, "config": f"{backend} backend", "figure": f"skipped: {e}",
+                "skipped": str(e), "record": False}
+    calls = {"ours": lambda: tok.encode_batch(texts, num_threads=args.threads)}
+    if backend != "tokenizers":  # `tokenizers` runs its own pool (RAYON_NUM_THREADS), whatever we ask
+        calls["one_thread"] = lambda: tok.encode_batch(texts, num_threads=1)
+    ref_name, ref_call = _reference(backend, source, texts)
+    if ref_call is not None:
+        calls["reference"] = ref_call
+    times, results = _median_times(calls, args.repeats)
+    seconds, ids = times["ours"], results["ours"]
+    tokens = sum(map(len, ids))
+    tps = tokens / seconds
+    one_thread = tokens / times["one_thread"] if "one_thread" in times else None
+    row = {
+        "benchmark": "data", "name": name,
+        "config": (f"{len(texts):,} utterances of {pathlib.Path(args.data).name}, {what}, "
+                   f"encode_batch, {args.threads} threads"),
+        "backend": backend, "utterances": len(texts), "tokens": tokens, "seconds": round(seconds, 3),
+        "load_s": round(load_s, 3), "tokens_per_s": round(tps),
+        "tokens_per_s_1_thread": None if one_thread is None else round(one_thread),
+        "figure": (f"{tps:,.0f} tokens/s" + ("" if one_thread is None else f" ({one_thread:,.0f} on 1 thread)")
+                   + f", load {load_s:.2f} s"),
+        "goal_met": min(tps, one_thread or tps) >= GOAL_TOKENS_PER_S,
+    }
+    if ref_call is not None:
+        ref_tps, ref_ids = tokens / times["reference"], results["reference"]
+        row.update({"baseline_name": ref_name, "baseline_tokens_per_s": round(ref_tps),
+                    "baseline": f"{ref_tps:,.0f} tokens/s ({ref_name})", "ratio": round(tps / ref_tps, 2),
+                    "same_ids_as_baseline": [list(r) for r in ref_ids] == ids})
+    return row
+
+
+def _backend_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    chosen = [b.strip() for b in args.backends.split(",") if b.strip() and b.strip() != "none"]
+    unknown = sorted(set(chosen) - set(BACKENDS))
+    if unknown:
+        raise SystemExit(f"error: unknown backend(s) {', '.join(unknown)} (known: {', '.join(BACKENDS)})")
+    if not chosen:
+        return []
+    texts = [turn.text for c in read_conversations(args.data).conversations for turn in c.turns]
+    with tempfile.TemporaryDirectory() as tmp:
+        return [_backend_row(args, backend, texts, pathlib.Path(tmp)) for backend in chosen]
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for path in (args.data, args.tokenizer):
         if not pathlib.Path(path).is_file():
@@ -159,4 +320,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "ratio": round(tps / base_tps, 2),
             "goal_met": tps >= GOAL_TOKENS_PER_S and eff >= GOAL_EFFICIENCY,
         })
-    return rows
+    return rows + _backend_rows(args)
+
+
+if __name__ == "__main__":  # python -m lima_jax.data.bench [args]: as python -m lima_jax.bench data
+    from lima_jax.bench import main
+
+    sys.exit(main(["data", *sys.argv[1:]]))

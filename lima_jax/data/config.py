@@ -22,7 +22,11 @@ def get_default_data_config() -> ml_collections.ConfigDict:
     c.format = "auto"  # auto | lima | alpaca | fastchat | openai
     c.tfds_data_dir = ""  # where TFDS keeps prepared data ('' = TFDS's default, ~/tensorflow_datasets)
     c.tfds_manual_dir = ""  # where train.jsonl / test.jsonl were put by hand
-    c.template = "lima"  # lima | llama2 | plain | raw
+    # lima | llama2 | plain | raw | chat (the tokenizer's own chat template, `lima_jax.data.chat_template`)
+    c.template = "lima"
+    # End of turn: auto | new | the text of a token in the vocabulary (<|eot_id|>, <|im_end|>, </s>).
+    # auto = new (LIMA's appended EOT) for lima/plain, the chat template's own for chat (lima_jax.data.eot).
+    c.eot = "auto"
     c.loss_on = "assistant"  # assistant | all
     c.max_len = 2048
     # LIMA's batch counts examples, one per row: packing (several per row) is opt-in.
@@ -38,7 +42,9 @@ def get_default_data_config() -> ml_collections.ConfigDict:
     c.drop_remainder = False
     c.worker_count = 0  # grain worker processes (0: in the training process)
     c.worker_buffer_size = 2  # batches each worker prepares ahead
-    c.tokenizer = ""  # path to a SentencePiece tokenizer.model
+    # A tokenizer.json, tokenizer.model (SentencePiece or Llama 3's) or a checkpoint directory;
+    # '' = model.init_from's own tokenizer (lima_jax.train), or one trained on the data (below).
+    c.tokenizer = ""
     c.train_tokenizer = ml_collections.ConfigDict()
     c.train_tokenizer.vocab_size = 0  # > 0: train a tokenizer of this size on the data instead
     c.train_tokenizer.model_type = "bpe"
@@ -77,7 +83,10 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
         raise DataError("config.data.process_index",
                         f"{config.process_index} is not a host of {config.process_count}",
                         "leave both at -1 to ask jax", "config")
+    if not isinstance(config.eot, str) or not config.eot:
+        raise DataError("config.data.eot", f"must be auto, new or a token's text, got {config.eot!r}", "", "config")
     if not config.tokenizer and config.train_tokenizer.vocab_size <= 0:
         raise DataError("config.data.tokenizer", "no tokenizer given",
-                        "set it to a tokenizer.model, or config.data.train_tokenizer.vocab_size > 0",
-                        "config")
+                        "set it to a tokenizer.json, tokenizer.model or checkpoint directory, set "
+                        "config.model.init_from (its tokenizer is used), or "
+                        "config.data.train_tokenizer.vocab_size > 0", "config")

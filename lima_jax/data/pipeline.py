@@ -31,6 +31,7 @@ import numpy as np
 
 from lima_jax.data import packing
 from lima_jax.data.config import validate_data_config
+from lima_jax.data.eot import apply_eot_policy
 from lima_jax.data.errors import DataError, SkipLog
 from lima_jax.data.examples import EncodedExamples, encode_examples
 from lima_jax.data.readers import read_conversations
@@ -185,7 +186,14 @@ def _read(config: ml_collections.ConfigDict) -> tuple[Any, Any, SkipLog]:
 
 def load_tokenizer(config: ml_collections.ConfigDict, workdir: str | None = None,
                    conversations: Any = None, to_conversation: Any = None) -> Tokenizer:
-    """The tokenizer named by config.data.tokenizer, or one trained on the data (cached)."""
+    """The tokenizer named by config.data.tokenizer, or one trained on the data (cached), with
+    the run's end of turn (config.data.eot, `lima_jax.data.eot`)."""
+    return apply_eot_policy(_base_tokenizer(config, workdir, conversations, to_conversation),
+                            config.eot, config.template)
+
+
+def _base_tokenizer(config: ml_collections.ConfigDict, workdir: str | None, conversations: Any,
+                    to_conversation: Any) -> Tokenizer:
     if config.tokenizer:
         return Tokenizer.load(config.tokenizer)
     cache_dir = config.train_tokenizer.cache_dir

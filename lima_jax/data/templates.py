@@ -5,26 +5,34 @@
   whose end of an assistant turn is EOS (as Meta trained it), not EOT.
 ``plain``: BOS, ``User: ...\\n\\nAssistant:`` cues, each answer followed by EOT.
 ``raw``: BOS + the text of every turn, for base-model continuation (no EOT).
+``chat``: the tokenizer's own Jinja chat template, rendered as transformers' ``apply_chat_template``
+  renders it, ending each assistant turn with the template's own end-of-turn token
+  (`lima_jax.data.chat_template`); the run's EOT is that token (`lima_jax.data.eot`).
+
+A tokenizer without BOS (``bos_id`` None, as many tokenizer.json files) gets none: the ids start with
+the first turn's text.
 
 Trained tokens (loss mask 1 on the target) are every assistant token and its end-of-turn token,
 in every assistant turn of a multi-turn conversation; ``loss_on='all'`` trains every token.
 Turns after the last assistant turn (a conversation that ends on a user turn, like LIMA train
 line 1022) are unanswered prompts: chat templates drop them and count them.
-Each piece of text is tokenized on its own so that a token never straddles a role boundary.
+Each piece of text is tokenized on its own so that a token never straddles a role boundary
+(except under ``chat``, whose whole render is tokenized at once, as transformers tokenizes it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
+from lima_jax.data.encoded import Encoded, answered_turns
 from lima_jax.data.errors import DataError
 from lima_jax.data.readers import ASSISTANT, SYSTEM, USER, Turn
 from lima_jax.data.tokenizer import Tokenizer
 
-TEMPLATES = ("lima", "llama2", "plain", "raw")
+TEMPLATES = ("lima", "llama2", "plain", "raw", "chat")
+CHAT = "chat"
 LOSS_ON = ("assistant", "all")
 
 # A piece is (text to tokenize, or a special token id; is it part of an assistant turn).
@@ -42,12 +50,19 @@ def check_template(template: str, loss_on: str = "assistant") -> None:
 
 
 def end_of_turn_id(template: str, tokenizer: Tokenizer) -> int:
-    """The id that ends an assistant turn under ``template`` (decoding stops on it)."""
+    """The id that ends an assistant turn under ``template`` (decoding stops on it). For ``chat``
+    it is the tokenizer's EOT, which a chat run sets to the template's own end of turn
+    (`lima_jax.data.chat_template.chat_tokenizer`)."""
     return tokenizer.eos_id if template in ("llama2", "raw") else tokenizer.eot_id
 
 
+def _bos(tok: Tokenizer) -> list[Piece]:
+    """BOS as a piece, or nothing for a tokenizer without one."""
+    return [] if tok.bos_id is None else [(tok.bos_id, False)]
+
+
 def _lima_pieces(turns: Sequence[Turn], tok: Tokenizer) -> list[Piece]:
-    pieces: list[Piece] = [(tok.bos_id, False)]
+    pieces: list[Piece] = _bos(tok)
     for turn in turns:
         is_assistant = turn.role == ASSISTANT
         pieces += [(turn.text, is_assistant), (tok.eot_id, is_assistant)]
@@ -64,16 +79,16 @@ def _llama2_pieces(turns: Sequence[Turn], tok: Tokenizer) -> list[Piece]:
             text = turn.text.strip()
             if system is not None:  # Meta puts the system prompt inside the first [INST]
                 text, system = f"<<SYS>>\n{system}\n<</SYS>>\n\n{text}", None
-            pieces += [(tok.bos_id, False), (f"[INST] {text} [/INST]", False)]
+            pieces += _bos(tok) + [(f"[INST] {text} [/INST]", False)]
         else:
             if not pieces:
-                pieces.append((tok.bos_id, False))
+                pieces += _bos(tok)
             pieces += [(turn.text.strip(), True), (tok.eos_id, True)]
     return pieces
 
 
 def _plain_pieces(turns: Sequence[Turn], tok: Tokenizer) -> list[Piece]:
-    pieces: list[Piece] = [(tok.bos_id, False)]
+    pieces: list[Piece] = _bos(tok)
     for turn in turns:
         if turn.role == SYSTEM:
             pieces.append((f"System: {turn.text}\n\n", False))
@@ -85,39 +100,10 @@ def _plain_pieces(turns: Sequence[Turn], tok: Tokenizer) -> list[Piece]:
 
 
 def _raw_pieces(turns: Sequence[Turn], tok: Tokenizer) -> list[Piece]:
-    return [(tok.bos_id, False)] + [(t.text, t.role == ASSISTANT) for t in turns]
+    return _bos(tok) + [(t.text, t.role == ASSISTANT) for t in turns]
 
 
 _PIECES = {"lima": _lima_pieces, "llama2": _llama2_pieces, "plain": _plain_pieces, "raw": _raw_pieces}
-
-
-def answered_turns(turns: Sequence[Turn], template: str) -> tuple[Sequence[Turn], int]:
-    """Turns up to the last assistant turn, and how many trailing turns were dropped.
-
-    ``raw`` keeps every turn (continuation has no notion of an unanswered prompt).
-    """
-    if template == "raw":
-        return turns, 0
-    last = max((i for i, t in enumerate(turns) if t.role == ASSISTANT), default=-1)
-    return turns[: last + 1], len(turns) - last - 1
-
-
-@dataclasses.dataclass
-class Encoded:
-    """One conversation under a template.
-
-    ids: int32 [n] token ids, BOS first.
-    trained: bool [n] True where the token is a loss-bearing target (as a *target*, i.e. the
-      loss at input position i-1 predicts ids[i]).
-    prompt_tokens / response_tokens: tokens outside / inside assistant turns (sum = n).
-    dropped_turns: trailing unanswered turns removed.
-    """
-
-    ids: np.ndarray
-    trained: np.ndarray
-    prompt_tokens: int
-    response_tokens: int
-    dropped_turns: int
 
 
 def encode_conversations(
@@ -127,8 +113,13 @@ def encode_conversations(
     loss_on: str = "assistant",
     num_threads: int = 1,
 ) -> list[Encoded]:
-    """Encodes many conversations (lists of turns) with one batched SentencePiece call."""
+    """Encodes many conversations (lists of turns) with one batched SentencePiece call
+    (``chat``: `lima_jax.data.chat_template.encode_chats`, which renders each conversation)."""
     check_template(template, loss_on)
+    if template == CHAT:
+        from lima_jax.data.chat_template import encode_chats  # it imports this module
+
+        return encode_chats(conversations, tokenizer, loss_on)
     make_pieces = _PIECES[template]
     all_pieces, dropped = [], []
     for turns in conversations:
@@ -159,9 +150,14 @@ def encode_prompt(turns: Sequence[Turn], tokenizer: Tokenizer, template: str = "
 
     ``turns`` should end on a user turn; the result ends where the assistant's text begins
     (after the user's EOT for ``lima``, after ``Assistant:`` for ``plain``, after ``[/INST]``
-    for ``llama2``), so generation continues exactly as training laid it out.
+    for ``llama2``; ``chat``: the template's render with ``add_generation_prompt=True``), so
+    generation continues exactly as training laid it out.
     """
     check_template(template)
+    if template == CHAT:
+        from lima_jax.data.chat_template import encode_chat_prompt  # it imports this module
+
+        return encode_chat_prompt(turns, tokenizer)
     pieces = _PIECES[template](turns, tokenizer)
     ids: list[int] = []
     for piece, _ in pieces:

@@ -1,15 +1,25 @@
-"""SentencePiece tokenizer with LIMA's end-of-turn token, and small tokenizers trained on data.
+"""The tokenizer of a run: any of the formats checkpoints ship, plus the run's end-of-turn token.
 
-The base model's ``tokenizer.model`` (LLaMA's: 32,000 pieces) is loaded unchanged; the EOT token
-is appended as a new id equal to the base vocabulary size (32000), and the embedding table is
-padded up to a multiple of 128 (32128) so it shards evenly. The model is built from
-``vocab_size`` (true, incl. EOT) and ``padded_vocab_size``; ids in between are never produced.
+`Tokenizer.load` takes a file or a checkpoint directory. In a directory it reads
+``tokenizer.json`` (Hugging Face), else ``tokenizer.model`` (SentencePiece, or Meta's Llama 3
+tiktoken file, told apart by content), else ``original/tokenizer.model``; the special tokens come
+from ``tokenizer_config.json`` / ``special_tokens_map.json`` and the chat template from
+``tokenizer_config.json`` or ``chat_template.jinja`` beside it (`lima_jax.data.tokenizer_backends`).
+All of those files travel with the tokenizer (`files`): into every training checkpoint and every
+export, so a checkpoint never needs the original directory again.
+
+End of turn (``eot``): ``new`` appends LIMA's EOT as a new id equal to the tokenizer's size (and the
+model grows one row); any other value is the text of a token already in the vocabulary
+(``<|eot_id|>``, ``<|im_end|>``, ``</s>``), reused with no new row. The embedding table is padded up
+to a multiple of 128 so the vocabulary axis shards evenly; ids between ``vocab_size`` and
+``padded_vocab_size`` are never produced.
 For tiny/demo configs, :func:`train_tokenizer` trains a small BPE model on the data and caches
 it in the workdir under a name derived from the data and options, so reruns reuse it.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -20,95 +30,266 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 from lima_jax.data.errors import DataError
+from lima_jax.data.tokenizer_backends import (
+    SentencePieceBackend,
+    TiktokenBackend,
+    TokenizersBackend,
+    is_tiktoken_file,
+)
 
 EOT_PIECE = "<EOT>"
+NEW_EOT = "new"
 # Embedding tables are padded to this multiple so the vocab axis shards evenly.
 VOCAB_MULTIPLE = 128
+TOKENIZER_JSON, TOKENIZER_MODEL = "tokenizer.json", "tokenizer.model"
+TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, CHAT_TEMPLATE_FILE = (
+    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+# The files a tokenizer is made of, as a Hugging Face directory names them.
+SIDE_FILES = (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, CHAT_TEMPLATE_FILE)
+
+
+def tokenizer_file_in(directory: str | os.PathLike) -> pathlib.Path | None:
+    """The tokenizer file of a checkpoint directory, in the order Hugging Face loaders prefer
+    (tokenizer.json, tokenizer.model, Meta's original/tokenizer.model); None if it has none."""
+    directory = pathlib.Path(directory)
+    for name in (TOKENIZER_JSON, TOKENIZER_MODEL, f"original/{TOKENIZER_MODEL}"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _read(path: pathlib.Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(str(path), f"cannot read the tokenizer ({e.strerror})",
+                        "set config.data.tokenizer / --tokenizer to a tokenizer.json, tokenizer.model "
+                        "or a checkpoint directory", "missing_file") from None
+
+
+def read_tokenizer_files(path: str | os.PathLike) -> dict[str, bytes]:
+    """The files of the tokenizer at ``path`` (a file, or a directory holding one), by their
+    Hugging Face names; the main file is ``tokenizer.json`` or ``tokenizer.model``."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        main = tokenizer_file_in(path)
+        if main is None:
+            raise DataError(str(path), f"no {TOKENIZER_JSON}, {TOKENIZER_MODEL} or original/{TOKENIZER_MODEL} here",
+                            "give the tokenizer with config.data.tokenizer / --tokenizer", "missing_file")
+        side_dir = path
+    else:
+        main, side_dir = path, path.parent
+    data = _read(main)
+    name = TOKENIZER_JSON if main.suffix == ".json" or data[:1] == b"{" else TOKENIZER_MODEL
+    files = {name: data}
+    for side in SIDE_FILES:
+        if (side_dir / side).is_file():
+            files[side] = _read(side_dir / side)
+    return files
+
+
+def _json_file(files: dict[str, bytes], name: str, where: str) -> dict:
+    if name not in files:
+        return {}
+    try:
+        value = json.loads(files[name])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}/{name}", f"not valid JSON ({e})", "", "tokenizer") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{where}/{name}", "is not a JSON object", "", "tokenizer")
+    return value
 
 
 class Tokenizer:
-    """A SentencePiece model plus the EOT id; picklable (it carries the model bytes).
+    """A tokenizer of any supported format plus the run's end-of-turn id; picklable (it carries
+    its files).
 
     Attributes:
-      base_vocab_size: pieces in the SentencePiece model.
-      eot_id: the end-of-turn id, equal to base_vocab_size.
-      vocab_size: true vocabulary size, base_vocab_size + 1 (EOT).
+      kind: ``sentencepiece``, ``tokenizers`` or ``tiktoken``.
+      base_vocab_size: ids the tokenizer itself produces (added and special tokens included).
+      eot: the end-of-turn policy, ``new`` or a token's text; eot_id: its id (base_vocab_size
+        when new).
+      vocab_size: true vocabulary size, base_vocab_size + 1 when the EOT is new.
       padded_vocab_size: vocab_size rounded up to a multiple of 128.
-      bos_id, eos_id: the model's own BOS and EOS ids.
-      pad_id: the id written into padding positions (the model's pad piece if it has one,
-        else <unk>). Padding never carries loss; it is a real id (not one of the padded
-        ids above vocab_size) so that a loss over a masked softmax never sees -inf at a pad.
+      bos_id (None when the tokenizer has no BOS), eos_id: the tokenizer's own.
+      pad_id: the id written into padding positions. Padding never carries loss (masks are
+        explicit), yet it is kept apart from EOS and the end of turn so that no tool that masks
+        by pad id could drop them: the configured pad token, else <unk>, else another special
+        token, else 0.
+      chat_template: the Jinja chat template that came with the tokenizer, or None.
     """
 
-    def __init__(self, model_proto: bytes, path: str = ""):
-        self.path = path
-        self._proto = model_proto
-        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        self.base_vocab_size = self._sp.get_piece_size()
-        self.eot_id = self.base_vocab_size
-        self.vocab_size = self.base_vocab_size + 1
+    def __init__(self, files: dict[str, bytes] | bytes, path: str = "", eot: str = NEW_EOT):
+        if isinstance(files, bytes):  # a bare SentencePiece proto (checkpoints before tokenizer.json)
+            files = {TOKENIZER_MODEL: files}
+        self.path, self.files = path, dict(files)
+        where = path or "tokenizer"
+        folder = str(pathlib.Path(path).parent) if path and not pathlib.Path(path).is_dir() else where
+        self.config = {**_json_file(self.files, SPECIAL_TOKENS_MAP, folder),
+                       **_json_file(self.files, TOKENIZER_CONFIG, folder)}
+        if TOKENIZER_JSON in self.files:
+            self._backend = TokenizersBackend(self.files[TOKENIZER_JSON], self.config, where)
+        elif TOKENIZER_MODEL in self.files and is_tiktoken_file(self.files[TOKENIZER_MODEL]):
+            self._backend = TiktokenBackend(self.files[TOKENIZER_MODEL], self.config, where)
+        elif TOKENIZER_MODEL in self.files:
+            self._backend = SentencePieceBackend(self.files[TOKENIZER_MODEL], where)
+        else:
+            raise DataError(where, "holds neither tokenizer.json nor tokenizer.model", "", "tokenizer")
+        backend = self._backend
+        self.kind = backend.kind
+        self.base_vocab_size = backend.size
+        self.bos_id, self.eos_id = backend.bos_id, backend.eos_id
+        if self.eos_id is None:
+            raise DataError(where, "the tokenizer names no EOS token",
+                            "set eos_token in tokenizer_config.json (SentencePiece: train it with eos_id)",
+                            "tokenizer")
+        self.special_tokens: dict[str, int] = dict(backend.special_tokens)
+        self._set_eot(eot, where)
+
+    def _set_eot(self, eot: str, where: str) -> None:
+        eot = eot or NEW_EOT
+        if eot == NEW_EOT:
+            self.eot_id, self.vocab_size = self.base_vocab_size, self.base_vocab_size + 1
+        else:
+            token_id = self._backend.piece_to_id(eot)
+            if token_id is None:
+                named = ", ".join(sorted(self.special_tokens)[:8])
+                raise DataError("config.data.eot", f"{eot!r} is not one token of {where}'s vocabulary",
+                                f"use 'new' or a token it has ({named}, ...)", "config")
+            self.eot_id, self.vocab_size = token_id, self.base_vocab_size
+        self.eot = eot
         self.padded_vocab_size = -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-        self.bos_id = self._sp.bos_id()
-        self.eos_id = self._sp.eos_id()
-        if self.bos_id < 0 or self.eos_id < 0:
-            raise DataError(
-                path or "tokenizer", "the SentencePiece model has no BOS or EOS piece",
-                "train it with bos_id and eos_id set (LLaMA: 1 and 2)", "tokenizer",
-            )
-        pad = self._sp.pad_id()
-        self.pad_id = pad if pad >= 0 else max(self._sp.unk_id(), 0)
+        self.pad_id = self._choose_pad()
+        self._not_text = {i for i in (self.bos_id, self.eos_id, self.eot_id) if i is not None}
+        self._not_text |= set(self.special_tokens.values())
+
+    def _choose_pad(self) -> int:
+        avoid = {self.eos_id, self.eot_id, self.bos_id}
+        # A special token meant for padding (Llama 3's <|finetune_right_pad_id|>) before any other.
+        others = sorted((("pad" not in name), i) for name, i in self.special_tokens.items() if i not in avoid)
+        others = [i for _, i in others]
+        for candidate in (self._backend.pad_id, self._backend.unk_id, *others[:1], 0):
+            if candidate is not None and candidate not in avoid:
+                return candidate
+        return 0
+
+    def with_eot(self, eot: str) -> Tokenizer:
+        """This tokenizer with another end-of-turn policy (``new`` or a token's text)."""
+        other = Tokenizer.__new__(Tokenizer)
+        other.__dict__.update(self.__dict__)
+        other._set_eot(eot, self.path or "tokenizer")
+        return other
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Loads a SentencePiece ``tokenizer.model`` file."""
-        try:
-            proto = pathlib.Path(path).read_bytes()
-        except OSError as e:
-            raise DataError(
-                str(path), f"cannot read the tokenizer model ({e.strerror})",
-                "set config.data.tokenizer / --tokenizer to a SentencePiece tokenizer.model",
-                "missing_file",
-            ) from None
-        try:
-            return cls(proto, str(path))
-        except RuntimeError as e:
-            raise DataError(str(path), f"not a SentencePiece model ({e})", "", "tokenizer") from None
+    def load(cls, path: str | os.PathLike, eot: str = NEW_EOT) -> Tokenizer:
+        """Loads the tokenizer at ``path``: a tokenizer file or a checkpoint directory."""
+        return cls(read_tokenizer_files(path), str(path), eot=eot)
+
+    # -- travelling with checkpoints
+    def to_meta(self) -> dict:
+        """JSON-able record of the tokenizer (its files, base64) for a checkpoint's meta."""
+        return {"tokenizer_path": self.path, "tokenizer_eot": self.eot,
+                "tokenizer_files": {name: base64.b64encode(data).decode("ascii")
+                                    for name, data in self.files.items()}}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Tokenizer:
+        """The tokenizer a checkpoint's meta recorded (`to_meta`, or the older SentencePiece-only field)."""
+        if "tokenizer_files" in meta:
+            files = {name: base64.b64decode(data) for name, data in meta["tokenizer_files"].items()}
+        else:
+            files = {TOKENIZER_MODEL: base64.b64decode(meta["tokenizer_model_b64"])}
+        return cls(files, meta.get("tokenizer_path", ""), eot=meta.get("tokenizer_eot", NEW_EOT))
+
+    def write_files(self, directory: str | os.PathLike) -> list[pathlib.Path]:
+        """Writes the tokenizer's files, unchanged, into ``directory``; returns their paths."""
+        directory = pathlib.Path(directory)
+        written = []
+        for name, data in self.files.items():
+            (directory / name).write_bytes(data)
+            written.append(directory / name)
+        return written
 
     def __getstate__(self) -> dict:
-        return {"proto": self._proto, "path": self.path}
+        return {"files": self.files, "path": self.path, "eot": self.eot}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["proto"], state["path"])
+        if "proto" in state:
+            state = {"files": {TOKENIZER_MODEL: state["proto"]}, "path": state["path"], "eot": NEW_EOT}
+        self.__init__(state["files"], state["path"], eot=state["eot"])
 
     @property
     def model_proto(self) -> bytes:
-        """The serialized SentencePiece model (to save with a checkpoint)."""
-        return self._proto
+        """The main tokenizer file's bytes (tokenizer.json or tokenizer.model)."""
+        return self.files.get(TOKENIZER_JSON) or self.files[TOKENIZER_MODEL]
 
+    @property
+    def eot_is_new(self) -> bool:
+        return self.eot == NEW_EOT
+
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template shipped with the tokenizer (tokenizer_config.json, else chat_template.jinja)."""
+        template = self.config.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        if isinstance(template, str) and template:
+            return template
+        if CHAT_TEMPLATE_FILE in self.files:
+            return self.files[CHAT_TEMPLATE_FILE].decode("utf-8")
+        return None
+
+    def token_text(self, key: str) -> str | None:
+        """A special token's text as tokenizer_config.json names it (``bos_token`` ...), else from the id."""
+        value = self.config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and value:
+            return value
+        token_id = {"bos_token": self.bos_id, "eos_token": self.eos_id, "pad_token": self.pad_id}.get(key)
+        return None if token_id is None else self.id_to_piece(token_id)
+
+    # -- encoding
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, without BOS/EOS/EOT."""
-        return self._sp.encode(text)
+        """Token ids of ``text``, without BOS/EOS/EOT; special-token text is encoded as text."""
+        return self._backend.encode(text)
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
-        """Token ids of each text (SentencePiece's own C++ threads when num_threads > 1)."""
-        return self._sp.encode(list(texts), num_threads=num_threads)
+        """Token ids of each text (the backend's own threads when num_threads > 1)."""
+        return self._backend.encode_batch(texts, num_threads=num_threads)
+
+    def encode_special(self, text: str) -> list[int]:
+        """Token ids of text a chat template rendered: its special tokens' text is those tokens."""
+        return self._backend.encode_special(text)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """`encode_special` ids and the character offset where each token starts."""
+        return self._backend.encode_with_offsets(text)
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; EOT and the padded ids above it are left out."""
-        return self._sp.decode([int(i) for i in ids if 0 <= int(i) < self.base_vocab_size])
+        """Text of ``ids``; BOS/EOS/EOT, special tokens and the padded ids are left out."""
+        keep = [int(i) for i in ids if 0 <= int(i) < self.base_vocab_size and int(i) not in self._not_text]
+        return self._backend.decode(keep)
 
     def id_to_piece(self, token_id: int) -> str:
-        if token_id == self.eot_id:
+        if token_id == self.eot_id and self.eot_is_new:
             return EOT_PIECE
-        if token_id > self.eot_id:
+        if token_id >= self.base_vocab_size:
             return f"<pad_{token_id}>"
-        return self._sp.id_to_piece(int(token_id))
+        return self._backend.id_to_piece(int(token_id))
+
+    def piece_to_id(self, piece: str) -> int | None:
+        """The id of the one token whose text is ``piece`` (None when it is not one token)."""
+        if self.eot_is_new and piece == EOT_PIECE:
+            return self.eot_id
+        return self._backend.piece_to_id(piece)
 
     def __repr__(self) -> str:
         return (
-            f"Tokenizer({self.path or 'in-memory'}, vocab_size={self.vocab_size}, "
+            f"Tokenizer({self.path or 'in-memory'}, {self.kind}, vocab_size={self.vocab_size}, "
             f"padded_vocab_size={self.padded_vocab_size}, bos={self.bos_id}, eos={self.eos_id}, "
-            f"eot={self.eot_id}, pad={self.pad_id})"
+            f"eot={self.eot_id}{' (new)' if self.eot_is_new else ''}, pad={self.pad_id})"
         )
 
 

@@ -10,9 +10,13 @@ it; ablations and epoch selection call it directly).
 
 The stop ids are chosen in one place, `stop_names`: EOS always, and the id the template writes
 at the end of each turn (`lima_jax.data.templates.end_of_turn_id`: EOT for ``lima`` and
-``plain``, and for ``urial``; EOS for ``llama2`` and ``raw``). That id is the tokenizer's, the
-one that encoded the prompt, so the end of turn in a prompt and the stop that ends its answer
-are the same id by construction. A model without an EOT row (a base model read with ``--hf``
+``plain``, and for ``urial``; EOS for ``llama2`` and ``raw``; for ``chat``, the chat template's
+own end-of-turn token, ``<|eot_id|>`` for Llama 3, ``<|im_end|>`` for ChatML, ``</s>`` for
+Llama 2, which `tokenizer_for_template` makes the tokenizer's EOT when it was ``new``). That id
+is the tokenizer's, the one that encoded the prompt, so the end of turn in a prompt and the stop
+that ends its answer are the same id by construction. ``chat`` prompts are the tokenizer's chat
+template rendered with ``add_generation_prompt=True``, and a model decoded under it needs no EOT
+row of its own (``add_eot`` is never asked for it). A model without an EOT row (a base model read with ``--hf``
 and no ``add_eot``) cannot produce it (padding columns are never sampled), so its answers end at
 EOS; a model that has EOT and is decoded under ``llama2`` or ``raw`` runs past it, as those
 templates never end a turn with it (a caller that wants it passes it in ``extra``).
@@ -25,7 +29,7 @@ import pathlib
 import sys
 from collections.abc import Mapping, Sequence
 
-from lima_jax.data.templates import end_of_turn_id
+from lima_jax.data.templates import CHAT, end_of_turn_id
 from lima_jax.data.tokenizer import Tokenizer
 from lima_jax.decode.generate import Generation, Generator
 from lima_jax.decode.prompts import Prompt, cut_at_stop_strings, encode_for_template, read_prompts
@@ -33,8 +37,20 @@ from lima_jax.decode.sampling import SamplingConfig
 from lima_jax.errors import InputError
 from lima_jax.jsonl import JsonlAppender, make_folder_for, read_jsonl, torn_tail
 
-# Templates whose prompts end each turn with EOT: a model needs an EOT row to read them.
+# Templates whose prompts end each turn with EOT: a model needs an EOT row to read them. (``chat``
+# ends turns with its template's own token, already in the vocabulary.)
 EOT_TEMPLATES = ("lima", "plain")
+
+
+def tokenizer_for_template(tokenizer: Tokenizer, template: str) -> Tokenizer:
+    """The tokenizer decoding under `template` uses: for ``chat`` one whose EOT is ``new`` is
+    switched to the chat template's own end of turn (`lima_jax.data.chat_template`); any other
+    is returned as it is."""
+    if template == CHAT and tokenizer.eot_is_new:
+        from lima_jax.data.chat_template import template_end_of_turn
+
+        return tokenizer.with_eot(template_end_of_turn(tokenizer))
+    return tokenizer
 
 
 def stop_names(tokenizer: Tokenizer, template: str,
@@ -66,13 +82,14 @@ class Answer:
 class Answerer:
     """Answers prompts under one template with one model; the compiled decoder is reused from
     call to call. mesh: shards the model over devices (see `Generator`); extra_stops: more
-    stop ids and their names (see `stop_names`)."""
+    stop ids and their names (see `stop_names`). Under ``chat`` a tokenizer whose EOT is ``new``
+    is switched to the chat template's end of turn (`tokenizer_for_template`)."""
 
     def __init__(self, model, tokenizer: Tokenizer, template: str = "lima", *, mesh=None,
                  extra_stops: Mapping[int, str] | None = None):
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer_for_template(tokenizer, template)
         self.template = template
-        self.stop_names = stop_names(tokenizer, template, extra_stops)
+        self.stop_names = stop_names(self.tokenizer, template, extra_stops)
         self.generator = Generator(model, mesh=mesh)
 
     @property
@@ -248,6 +265,7 @@ def _answer_pending(prompt_list: Sequence[Prompt], rows: list[tuple[Prompt, int]
 
     model, tok = load_for_decoding(ckpt=ckpt, hf=hf, tokenizer=tokenizer, dtype=dtype,
                                    add_eot=template in EOT_TEMPLATES, mesh=mesh)
+    tok = tokenizer_for_template(tok, template)  # chat: stop at the template's own end of turn
     if model.config.eot_token_id is None and template in EOT_TEMPLATES:
         print(f"decode: warning: the model has no EOT token; template {template} answers "
               "stop only at EOS or --max-new-tokens", file=sys.stderr)

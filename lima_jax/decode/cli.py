@@ -1,7 +1,7 @@
 """``python -m lima_jax.decode``: answers every prompt of a file with a KV-cache decoder.
 
     python -m lima_jax.decode (--ckpt DIR | --hf DIR) --prompts FILE.jsonl --out OUT.jsonl
-        [--template lima|llama2|plain|raw|urial] [--greedy | --temperature T --top-p P
+        [--template lima|llama2|plain|raw|chat|urial] [--greedy | --temperature T --top-p P
         --top-k K --repetition-penalty R] [--max-new-tokens N] [--num-samples K]
         [--batch-size B] [--seed S] [--mesh tensor=-1]
 
@@ -11,7 +11,11 @@ tokens, at most 2,048 new tokens). ``--greedy`` is argmax with no repetition pen
 ``text``, ``tokens`` (generated ids, without the stop id), ``num_tokens`` and ``stop_reason``
 (``eot``, ``eos``, ``stop_string`` (URIAL), ``length``, ``context``, or ``prompt_too_long`` for
 an empty answer to a prompt that fills the model's context). An answer stops at EOS and at the
-template's end of turn (`lima_jax.decode.answer.stop_names`). An existing OUT is resumed:
+template's end of turn (`lima_jax.decode.answer.stop_names`). ``--template chat`` lays the prompt
+out with the tokenizer's own chat template (tokenizer_config.json's ``chat_template`` or
+chat_template.jinja beside the tokenizer), rendered with ``add_generation_prompt=True`` as
+transformers' ``apply_chat_template`` renders it, and stops at that template's end-of-turn token
+(``<|eot_id|>``, ``<|im_end|>``, ``</s>``) or EOS. An existing OUT is resumed:
 (id, sample) pairs already in it are skipped, and a last line an interrupted run cut short is
 set aside in ``OUT.torn-<n>``; an OUT holding anything else (another JSON Lines file, a folder)
 is refused with ``error: OUT:LINE: ...`` and left as it is. Rows are batched longest prompt first; each row's
@@ -34,10 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="model checkpoint, training step directory or training workdir")
     source.add_argument("--hf", help="Hugging Face LLaMA directory")
-    p.add_argument("--tokenizer", help="SentencePiece tokenizer.model (default: the checkpoint's)")
+    p.add_argument("--tokenizer", help="tokenizer.json, tokenizer.model or a tokenizer directory "
+                   "(default: the checkpoint's)")
     p.add_argument("--prompts", required=True, help="JSON Lines prompt file")
     p.add_argument("--out", required=True, help="output JSON Lines (resumed when it exists)")
-    p.add_argument("--template", default="lima", choices=DECODE_TEMPLATES)
+    p.add_argument("--template", default="lima", choices=DECODE_TEMPLATES,
+                   help="prompt layout; chat: the tokenizer's own chat template")
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)

@@ -12,7 +12,6 @@ the kinds apart.
 
 from __future__ import annotations
 
-import base64
 import pathlib
 
 from flax import nnx
@@ -24,7 +23,6 @@ from lima_jax.checkpoint import (
     HF_CONFIG_FILE,
     MODEL,
     MODEL_CONFIG_FILE,
-    TOKENIZER_FILE,
     TRAIN_STEP,
     WORKDIR,
     CheckpointError,
@@ -35,11 +33,12 @@ from lima_jax.checkpoint import (
     load_model,
     load_model_config,
     load_train_model,
+    model_tokenizer,
     newest_that_restores,
     read_train_meta,
     restore_problem,
 )
-from lima_jax.data.tokenizer import Tokenizer
+from lima_jax.data.tokenizer import Tokenizer, tokenizer_file_in
 from lima_jax.errors import LimaError
 from lima_jax.model import LlamaConfig, abstract_model, from_hf, load_hf_config
 from lima_jax.model.llama import Llama
@@ -63,8 +62,7 @@ def _load_train_checkpoint(step_dir: pathlib.Path, mesh, dtype: str | None) -> t
         config = config.replace(dtype=dtype)
     model = load_train_model(step_dir, config, shardings=_param_shardings(config, mesh))
     check_finite(nnx.state(model, nnx.Param))
-    tokenizer = Tokenizer(base64.b64decode(meta["tokenizer_model_b64"]), meta.get("tokenizer_path", ""))
-    return model, tokenizer
+    return model, Tokenizer.from_meta(meta)
 
 
 def _load_step(step_dir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
@@ -91,10 +89,13 @@ def _load_newest_step(workdir: pathlib.Path, mesh, dtype: str | None) -> tuple[L
 
 
 def _tokenizer(path: pathlib.Path | None, where: pathlib.Path) -> Tokenizer:
+    """--tokenizer PATH, else the checkpoint directory's own (tokenizer.json, tokenizer.model or
+    original/tokenizer.model); read before any weight, so a missing one costs no load."""
     if path is None:
-        path = where / TOKENIZER_FILE
-        if not path.is_file():
-            raise LoadError(f"{where}: no {TOKENIZER_FILE} beside the model; pass --tokenizer FILE")
+        if tokenizer_file_in(where) is None:
+            raise LoadError(f"{where}: no tokenizer.json, tokenizer.model or original/tokenizer.model "
+                            "beside the model; pass --tokenizer PATH")
+        path = where
     return Tokenizer.load(path)
 
 
@@ -109,18 +110,21 @@ def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokeniz
         path = pathlib.Path(hf)
         if not (path / HF_CONFIG_FILE).is_file():
             raise LoadError(f"--hf {path}: no {HF_CONFIG_FILE}; expected a Hugging Face LLaMA directory")
+        tok = _tokenizer(tok_path, path)
         param_dtype = dtype or "float32"
         config = load_hf_config(path, param_dtype=param_dtype, dtype=param_dtype)
         if add_eot:
             config = config.replace(vocab_size=config.vocab_size + 1, eot_token_id=config.vocab_size)
         model = from_hf(path, param_dtype, add_eot=add_eot, shardings=_param_shardings(config, mesh))
-        return model, _tokenizer(tok_path, path)
+        return model, tok
     path = pathlib.Path(ckpt)
     if checkpoint_kind(path) == MODEL:
+        # Its own tokenizer comes with the end of turn the model was trained with.
+        tok = _tokenizer(tok_path, path) if tok_path else (model_tokenizer(path) or _tokenizer(None, path))
         overrides = {"dtype": dtype} if dtype else {}
         config = load_model_config(path).replace(**overrides)
         model = load_model(path, shardings=_param_shardings(config, mesh), **overrides)
-        return model, _tokenizer(tok_path, path)
+        return model, tok
     kind = checkpoint_kind(path)
     if kind not in (TRAIN_STEP, WORKDIR):
         raise LoadError(
@@ -128,7 +132,7 @@ def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokeniz
             "training step directory (state/, meta/) nor a workdir with checkpoints/<step>/")
     load = _load_step if kind == TRAIN_STEP else _load_newest_step
     model, tok = load(path.absolute(), mesh, dtype)
-    return model, (Tokenizer.load(tok_path) if tok_path else tok)
+    return model, (Tokenizer.load(tok_path, eot=tok.eot) if tok_path else tok)
 
 
 def load_any(path: str, *, tokenizer: str | None = None, dtype: str | None = None,

@@ -7,7 +7,9 @@ Vicuna; ``prompt``: Koala; ``instruction`` + ``instances[0].input``: Self-Instru
 ``idx`` when present, else the line number (0-based).
 
 Templates: the training templates of `lima_jax.data.templates` (``lima``, ``llama2``,
-``plain``, ``raw``), which give exactly the training-time prefix, plus ``urial``: the
+``plain``, ``raw``, and ``chat``: the tokenizer's own chat template rendered with
+``add_generation_prompt=True``, as ``apply_chat_template`` does), which give exactly the
+training-time prefix, plus ``urial``: the
 in-context alignment baseline of URIAL (Lin et al. 2023), a system prompt and three stylistic
 example exchanges before the user's query, so a base model answers with no fine-tuning. The
 URIAL text is this project's own; it lives here, not in the training templates, because it
@@ -141,9 +143,11 @@ def urial_text(prompt: str) -> str:
 
 
 def encode_for_template(prompt: str, tokenizer: Tokenizer, template: str) -> list[int]:
-    """Token ids (BOS first) a model continues to answer `prompt` under `template`."""
+    """Token ids (BOS first, when the tokenizer has one) a model continues to answer `prompt`
+    under `template` (``chat``: the chat template's render, `lima_jax.data.chat_template`)."""
     if template == "urial":
-        return [tokenizer.bos_id] + tokenizer.encode(urial_text(prompt))
+        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        return bos + tokenizer.encode(urial_text(prompt))
     if template not in TEMPLATES:
         raise PromptError(f"--template {template!r} is not one of {DECODE_TEMPLATES}")
     return encode_prompt([Turn(USER, prompt)], tokenizer, template)

@@ -134,7 +134,9 @@ def load_hf_config(hf_dir: str | os.PathLike, **overrides) -> LlamaConfig:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def _hf_config_dict(config: LlamaConfig) -> dict:
+def _hf_config_dict(config: LlamaConfig, token_ids: dict | None = None) -> dict:
+    """config.json of `config`; `token_ids` (`lima_jax.data.tokenizer_export.hf_token_ids`: the
+    tokenizer's bos/eos/pad/unk ids, the end of turn first in eos) replace the model config's."""
     eos_ids = [config.eot_token_id] if config.eot_token_id is not None else []
     if config.eos_token_id is not None and config.eos_token_id not in eos_ids:
         eos_ids.append(config.eos_token_id)
@@ -162,6 +164,7 @@ def _hf_config_dict(config: LlamaConfig) -> dict:
         "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else (eos_ids or None),
         "torch_dtype": config.param_dtype,
     }
+    result.update(token_ids or {})
     if config.rope_scaling is not None:
         scaling = config.rope_scaling
         result["rope_scaling"] = (
@@ -422,6 +425,7 @@ def to_hf(
     dtype: str | None = None,
     max_shard_bytes: int = 5 * 2**30,
     tokenizer_model: str | os.PathLike | None = None,
+    token_ids: dict | None = None,
 ) -> pathlib.Path:
     """Writes `model` as a Hugging Face LLaMA directory and returns its path.
 
@@ -429,7 +433,12 @@ def to_hf(
     `model.safetensors` when it all fits, else numbered shards and an index),
     so memory holds the model plus one shard. `config.json` and
     `generation_config.json` carry the true vocabulary size and name the EOT
-    token (when the model has one) as an end-of-sequence id, so generation stops.
+    token (when the model has one) first among the end-of-sequence ids, so that
+    generation stops at the end of a turn as at EOS. `token_ids`: the tokenizer's
+    ids for both files (`lima_jax.data.tokenizer_export.hf_token_ids`: bos, eos
+    with the end of turn first, pad, unk), in place of the model config's bos/eos.
+    `tokenizer_model`: a SentencePiece file copied in as tokenizer.model (an
+    export's full tokenizer is `lima_jax.data.tokenizer_export.export_tokenizer`'s).
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -479,10 +488,10 @@ def to_hf(
         }
         (out / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
 
-    hf_config = _hf_config_dict(config)
+    hf_config = _hf_config_dict(config, token_ids)
     hf_config["torch_dtype"] = dtype or config.param_dtype
     (out / "config.json").write_text(json.dumps(hf_config, indent=2))
-    generation = {"bos_token_id": hf_config["bos_token_id"], "eos_token_id": hf_config["eos_token_id"]}
+    generation = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in hf_config}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
     if tokenizer_model is not None:
         shutil.copyfile(tokenizer_model, out / TOKENIZER_FILE)

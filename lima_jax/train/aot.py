@@ -96,10 +96,12 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
     mesh = sharding_lib.make_mesh(dict(config.mesh), devices)
     shape = dict(mesh.shape)
 
-    # No data is read: the vocabulary is the preset's plus LIMA's EOT token.
+    # No data nor tokenizer is read: the vocabulary is the preset's, plus LIMA's EOT token when the
+    # run appends one (config.data.eot: auto means a new one for every template but chat).
     preset = get_preset(config.model.preset)
-    model_config = preset.replace(vocab_size=preset.vocab_size + 1, eot_token_id=preset.vocab_size,
-                                  **model_config_overrides(config))
+    new_eot = config.data.eot == "new" or (config.data.eot == "auto" and config.data.template != "chat")
+    vocab = dict(vocab_size=preset.vocab_size + 1, eot_token_id=preset.vocab_size) if new_eot else {}
+    model_config = preset.replace(**vocab, **model_config_overrides(config))
     # The schedule's length changes only learning-rate values, not what is compiled.
     sharded = compile_train_step(config, model_config, mesh, total_steps=1000)
     b, t = config.data.global_batch_size, config.data.max_len

@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 
 from lima_jax.data.config import get_default_data_config, validate_data_config
 from lima_jax.data.errors import DataError
+from lima_jax.data.tokenizer import tokenizer_file_in
 from lima_jax.errors import LimaError
 from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
 from lima_jax.model.presets import PRESETS
@@ -159,12 +160,26 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _check(sum(c.mesh[axis] == -1 for axis in MESH_AXES) <= 1, "mesh", "only one axis may be -1")
     _check(c.distributed.initialize in ("auto", "yes", "no"), "distributed.initialize",
            "must be auto, yes or no")
-    if c.compile_only and not c.data.path:
-        return  # an ahead-of-time compile needs shapes, not data
+    if c.compile_only:
+        return  # an ahead-of-time compile needs shapes, not data nor a tokenizer
+    use_model_tokenizer(c)
     try:
         validate_data_config(c.data)
     except DataError as err:
         raise RunConfigError(err.location.removeprefix("config."), f"{err.what} ({err.hint})") from None
+
+
+def use_model_tokenizer(c: ml_collections.ConfigDict) -> None:
+    """``data.tokenizer = ''`` with ``model.init_from``: the checkpoint's own tokenizer (its
+    tokenizer.json, else tokenizer.model, else original/tokenizer.model); one it lacks stops the
+    run here, before any weight is read."""
+    if c.data.tokenizer or c.data.train_tokenizer.vocab_size > 0 or not c.model.init_from:
+        return
+    if tokenizer_file_in(c.model.init_from) is None:
+        raise RunConfigError("data.tokenizer", f"model.init_from {c.model.init_from} has no tokenizer.json, "
+                             "tokenizer.model or original/tokenizer.model: give the tokenizer with "
+                             "--config.data.tokenizer=PATH")
+    c.data.tokenizer = str(c.model.init_from)
 
 
 def make_run_mesh(c: ml_collections.ConfigDict) -> Mesh:

@@ -19,7 +19,6 @@ still waits for each step.)
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -40,7 +39,13 @@ from lima_jax.train.config import make_run_mesh, total_flops_per_token, validate
 from lima_jax.train.metrics import MetricsLogger, StepTimer, plot_loss_curve
 from lima_jax.train.preemption import watch_preemption
 from lima_jax.train.prefetch import LOOP_EVENTS, BatchPrefetcher, global_batch
-from lima_jax.train.state import initial_params, make_model_config, prepare_demo_data
+from lima_jax.train.state import (
+    check_train_serve,
+    ids_the_run_needs,
+    initial_params,
+    make_model_config,
+    prepare_demo_data,
+)
 from lima_jax.train.step import ShardedTrainStep, compile_train_step
 from lima_jax.train.workdir import check_run, claim_workdir, record_run
 
@@ -207,6 +212,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
               flush=True)
 
     # ---------------------------------------------------------------- model, optimizer, shardings
+    check_train_serve(config, tokenizer)  # before any weight loads or anything compiles
     model_config = make_model_config(config, tokenizer)
     sharded = compile_train_step(config, model_config, mesh, total_steps)
     fns, rows = sharded.fns, sharded.rows
@@ -222,7 +228,8 @@ def train(config: ml_collections.ConfigDict) -> dict:
     if resume:
         state, start_step = _restore(checkpointer, sharded, iterator)
     else:
-        params = initial_params(config, model_config, fns, sharded.param_shardings)
+        params = initial_params(config, model_config, fns, sharded.param_shardings,
+                                needed_ids=ids_the_run_needs(tokenizer, pipeline.examples.ids))
         state = sharded.init_state(jax.random.PRNGKey(config.seed), params)
         del params  # the state holds them now
     record_run(config, workdir, resume)  # the fingerprint in run.json
@@ -253,8 +260,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
     metrics_log = MetricsLogger(workdir, enabled=is_main, total_steps=run_steps,
                                 initial_step=start_step)
     # The tokenizer travels inside every checkpoint, so a checkpoint is self-contained.
-    meta = {"config": json.loads(config.to_json_best_effort()), "tokenizer_path": tokenizer.path,
-            "tokenizer_model_b64": base64.b64encode(tokenizer.model_proto).decode("ascii"),
+    meta = {"config": json.loads(config.to_json_best_effort()), **tokenizer.to_meta(),
             "model_config": model_config.to_dict()}
 
     def save(step: int, data_state: dict):

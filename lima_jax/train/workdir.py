@@ -30,6 +30,7 @@ import ml_collections
 from lima_jax import sharding as sharding_lib
 from lima_jax.checkpoint import CHECKPOINTS_DIR, EPOCHS_FILE, UNRESTORABLE_DIR, kept_steps
 from lima_jax.data.readers import split_paths
+from lima_jax.data.tokenizer import tokenizer_file_in
 from lima_jax.jsonl import read_json, write_json
 from lima_jax.train.config import RunConfigError, get_base_config
 
@@ -150,7 +151,11 @@ def _sha256(path: pathlib.Path) -> str:
 
 def _data_fingerprint(value: str) -> list[dict]:
     """Each file a data key names with its sha256 (a TFDS name or a missing file: the name only)."""
-    return [{"path": path, "sha256": _sha256(pathlib.Path(path))} if pathlib.Path(path).is_file()
+    def file_of(path: str) -> pathlib.Path:  # a tokenizer given as its checkpoint directory: its file
+        found = tokenizer_file_in(path) if pathlib.Path(path).is_dir() else None
+        return found or pathlib.Path(path)
+
+    return [{"path": path, "sha256": _sha256(file_of(path))} if file_of(path).is_file()
             else {"path": path} for path in split_paths(value)]
 
 

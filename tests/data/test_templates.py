@@ -74,7 +74,8 @@ def test_plain_and_raw(tok):
     assert tok.decode(r.ids) == "a question an answer more"
 
 
-@pytest.mark.parametrize("template", templates.TEMPLATES)
+# ``chat`` needs a tokenizer with a chat template: tests/data/test_chat_template.py.
+@pytest.mark.parametrize("template", [t for t in templates.TEMPLATES if t != "chat"])
 def test_prompt_is_the_prefix_training_used(tok, template):
     turns = conv("first question", "first answer", "second question")
     prompt = templates.encode_prompt(turns, tok, template)
@@ -88,3 +89,33 @@ def test_unknown_template_names_the_key(tok):
         encode_one(conv("q", "a"), tok, "chatml")
     with pytest.raises(DataError, match="config.data.loss_on"):
         encode_one(conv("q", "a"), tok, "lima", "prompt")
+
+
+def test_chat_is_a_template_and_needs_the_tokenizers_chat_template(tok):
+    assert "chat" in templates.TEMPLATES
+    templates.check_template("chat")
+    with pytest.raises(DataError, match="config.data.template: template 'chat' uses the tokenizer's chat template"):
+        encode_one(conv("q", "a"), tok, "chat")
+
+
+@pytest.mark.parametrize("template", ["lima", "llama2", "plain", "raw"])
+def test_a_tokenizer_without_bos_gets_none(tmp_path, template):
+    import json
+
+    from lima_jax.data.tokenizer import Tokenizer
+    from tests.helpers.tokenizer_fixtures import byte_bpe_dir
+
+    with_bos = Tokenizer.load(byte_bpe_dir(tmp_path / "bpe", "chatml"))
+    files = dict(with_bos.files)
+    config = json.loads(files["tokenizer_config.json"])
+    del config["bos_token"]
+    files["tokenizer_config.json"] = json.dumps(config).encode()
+    no_bos = Tokenizer(files, with_bos.path)
+    assert no_bos.bos_id is None
+    turns = conv("a question", "an answer", system="Be brief.")
+    e, reference = encode_one(turns, no_bos, template), encode_one(turns, with_bos, template)
+    bos = with_bos.bos_id
+    assert e.ids.tolist() == [i for i in reference.ids.tolist() if i != bos]
+    assert e.trained.tolist() == [t for i, t in zip(reference.ids, reference.trained) if i != bos]
+    prompt = templates.encode_prompt(turns[:2], no_bos, template)
+    assert prompt == e.ids[: len(prompt)].tolist() and len(prompt) > 0

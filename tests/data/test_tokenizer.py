@@ -47,7 +47,7 @@ def test_trained_tokenizer_is_llama_like_and_cached(tmp_path):
 def test_unreadable_model_is_a_data_error(tmp_path):
     from lima_jax.data.errors import DataError
 
-    with pytest.raises(DataError, match="cannot read the tokenizer model"):
+    with pytest.raises(DataError, match="cannot read the tokenizer"):
         Tokenizer.load(tmp_path / "missing.model")
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(DataError, match="not a SentencePiece model"):

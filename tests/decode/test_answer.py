@@ -33,6 +33,24 @@ def test_the_template_end_of_turn_and_eos_stop_an_answer(tokenizer):
     assert stop_names(tokenizer, "raw", {bos: "bos"}) == {eos: "eos", bos: "bos"}
 
 
+def test_chat_stops_at_the_chat_templates_end_of_turn_and_eos(shared_data):
+    from lima_jax.data import Tokenizer
+    from lima_jax.decode import encode_for_template
+    from lima_jax.decode.answer import tokenizer_for_template
+
+    loaded = Tokenizer.load(shared_data / "tokenizer" / "llama3")  # tiktoken + chat_template.jinja
+    assert loaded.eot_is_new
+    tok = tokenizer_for_template(loaded, "chat")
+    eot, eos = tok.piece_to_id("<|eot_id|>"), tok.piece_to_id("<|end_of_text|>")
+    assert (tok.eot_id, tok.vocab_size) == (eot, loaded.base_vocab_size)  # no new row
+    assert stop_names(tok, "chat") == {eos: "eos", eot: "eot"}
+    assert tokenizer_for_template(loaded, "lima") is loaded and tokenizer_for_template(tok, "chat") is tok
+    # The prompt is the template's render with the assistant header (add_generation_prompt=True).
+    assert encode_for_template("Who is Tim?", tok, "chat") == tok.encode_special(
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWho is Tim?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
 def test_answers_are_the_decoders_tokens_decoded(shared_data):
     from lima_jax.decode import Generator
     from lima_jax.decode.load import load_for_decoding

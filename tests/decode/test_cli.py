@@ -145,3 +145,21 @@ def test_bad_input_is_an_error_not_a_traceback(tmp_path, capsys):
     assert main(["--hf", str(tmp_path / "missing"), "--prompts", str(prompts),
                  "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "error: --hf" in capsys.readouterr().err
+
+
+def test_template_chat_is_an_option_and_urial_needs_no_bos(tmp_path):
+    from lima_jax.data import Tokenizer
+    from lima_jax.decode.cli import build_parser
+    from tests.helpers.tokenizer_fixtures import byte_bpe_dir
+
+    args = build_parser().parse_args(["--hf", "x", "--prompts", "p", "--out", "o", "--template", "chat"])
+    assert args.template == "chat"
+    tok = Tokenizer.load(byte_bpe_dir(tmp_path / "bpe", "chatml"))
+    files = dict(tok.files)
+    config = json.loads(files["tokenizer_config.json"])
+    del config["bos_token"]
+    files["tokenizer_config.json"] = json.dumps(config).encode()
+    no_bos = Tokenizer(files, tok.path)
+    assert encode_for_template("Hi", no_bos, "urial") == no_bos.encode(urial_text("Hi"))
+    assert encode_for_template("Hi", no_bos, "chat") == no_bos.encode_special(
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")

@@ -185,10 +185,11 @@ def validate_ablation(c: ml_collections.ConfigDict) -> None:
     probe = ml_collections.ConfigDict(r.to_dict())
     probe.workdir = str(pathlib.Path(c.workdir) / "cells" / "probe")
     probe.data.path = probe.data.path or "cell-data.jsonl"  # each cell writes its own
-    if not probe.data.tokenizer and probe.data.train_tokenizer.vocab_size <= 0:
-        raise AblationConfigError("recipe.data.tokenizer", "no tokenizer: set it to a tokenizer.model, "
-                                  "or recipe.data.train_tokenizer.vocab_size > 0 (one is trained on "
-                                  "the pools and shared by every cell)")
+    if not (probe.data.tokenizer or probe.model.init_from) and probe.data.train_tokenizer.vocab_size <= 0:
+        raise AblationConfigError("recipe.data.tokenizer", "no tokenizer: set it to a tokenizer.json, "
+                                  "tokenizer.model or checkpoint directory, set recipe.model.init_from "
+                                  "(its tokenizer is used), or recipe.data.train_tokenizer.vocab_size > 0 "
+                                  "(one is trained on the pools and shared by every cell)")
     try:
         validate_config(probe)
     except RunConfigError as err:

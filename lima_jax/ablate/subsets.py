@@ -131,10 +131,12 @@ def resolve_generated(paths: str, workdir: pathlib.Path, which: str) -> str:
 
 
 def shared_tokenizer(recipe, pools: list[list[dict]], workdir: pathlib.Path) -> str:
-    """recipe.data.tokenizer, or a tokenizer trained once on every cell's pool (cached by content),
-    so that all cells see the same vocabulary."""
+    """recipe.data.tokenizer, else recipe.model.init_from's own, else a tokenizer trained once on
+    every cell's pool (cached by content), so that all cells see the same vocabulary."""
     if recipe.data.tokenizer:
         return recipe.data.tokenizer
+    if recipe.model.init_from and recipe.data.train_tokenizer.vocab_size <= 0:
+        return str(recipe.model.init_from)
     from lima_jax.data.tokenizer import train_tokenizer
 
     texts = [t for pool in pools for r in pool for t in r["conversations"]]

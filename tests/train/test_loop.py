@@ -4,7 +4,6 @@ config errors, init_from, and the demo."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pathlib
@@ -174,8 +173,9 @@ def test_run_writes_metrics_checkpoints_and_learns(tmp_path):
     # A checkpoint is self-contained: it carries the config and the tokenizer itself.
     meta = checkpoints.read_meta(summary["total_steps"])
     assert meta["config"]["model"]["preset"] == "tiny"
-    tokenizer = Tokenizer(base64.b64decode(meta["tokenizer_model_b64"]))
+    tokenizer = Tokenizer.from_meta(meta)
     assert tokenizer.vocab_size == meta["model_config"]["vocab_size"]
+    assert tokenizer.eot_id == meta["model_config"]["eot_token_id"] and tokenizer.kind == "sentencepiece"
 
 
 def test_kept_checkpoints_are_the_chosen_epochs_and_the_latest(tmp_path):

@@ -61,6 +61,8 @@ def _config(folder: pathlib.Path, workdir: pathlib.Path, *overrides: str):
 
 
 def test_chat_template_run_trains_decodes_exports_and_transformers_agrees(own_checkpoint, tmp_path):
+    import shutil
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -69,12 +71,14 @@ def test_chat_template_run_trains_decodes_exports_and_transformers_agrees(own_ch
     from lima_jax.decode.sampling import SamplingConfig
     from lima_jax.train import train
 
-    workdir = tmp_path / "run"
+    workdir, hf = tmp_path / "run", tmp_path / "hf"
+    shutil.copytree(own_checkpoint / "hf", hf)
     # 8 epochs of 3 steps at a high learning rate: the model learns the answers and to end its turn.
-    train(_config(own_checkpoint, workdir, "data.num_epochs=8", "train.max_steps=0",
+    train(_config(own_checkpoint, workdir, f"model.init_from={hf}", "data.num_epochs=8", "train.max_steps=0",
                   "optimizer.learning_rate=0.01", "optimizer.end_learning_rate=0.001"))
-    meta_tok = json.loads((workdir / "config.json").read_text())["data"]
-    assert meta_tok["tokenizer"] == str(own_checkpoint / "hf")  # the checkpoint's own tokenizer
+    run_data = json.loads((workdir / "config.json").read_text())["data"]
+    assert run_data["tokenizer"] == str(hf) and run_data["template"] == "chat"  # the checkpoint's own
+    shutil.rmtree(hf)  # decoding and export need nothing but the run: its checkpoints carry the tokenizer
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": str(i), "prompt": q}) + "\n" for i, q in enumerate(QUESTIONS)))

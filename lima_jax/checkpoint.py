@@ -45,7 +45,9 @@ TOKENIZER_FILE = "tokenizer.model"
 # The tokenizer files a model checkpoint may hold (a save replaces those of the model before it).
 TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_FILE, *SIDE_FILES)
 HF_CONFIG_FILE = "config.json"  # a Hugging Face model directory's
-CHECKPOINTS_DIR = "checkpoints"  # a training workdir's step directories
+CHECKPOINTS_DIR = "checkpoints"  # a training workdir's step directories (full train states)
+SNAPSHOTS_DIR = "snapshots"  # a training workdir's parameters-only selection snapshots
+SNAPSHOT_PARAMS_DIR, META_DIR = "params", "meta"  # a snapshot's items
 TRAIN_STATE_DIR = "state"  # a training step directory's train state
 EPOCHS_FILE = "epochs.json"  # a training workdir's {"epoch_end_steps": [...]}
 # Where a resumed run moves the step directories that did not restore: kept for a look, and out
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The kinds of directory `checkpoint_kind` tells apart.
-HF, MODEL, TRAIN_STEP, WORKDIR = "hf", "model", "train_step", "workdir"
+HF, MODEL, TRAIN_STEP, SNAPSHOT, WORKDIR = "hf", "model", "train_step", "snapshot", "workdir"
 
 
 # --------------------------------------------------------------------------- kinds of directory
@@ -64,15 +66,18 @@ HF, MODEL, TRAIN_STEP, WORKDIR = "hf", "model", "train_step", "workdir"
 
 def checkpoint_kind(path: str | os.PathLike) -> str | None:
     """What `path` holds: MODEL (a lima_jax model checkpoint, `model_config.json` + params/),
-    TRAIN_STEP (a training run's `checkpoints/<step>/`), WORKDIR (a training run with at least
-    one kept step), HF (a Hugging Face directory, `config.json`), or None."""
+    TRAIN_STEP (a training run's `checkpoints/<step>/`), SNAPSHOT (a run's parameters-only
+    `snapshots/<step>/`: params/ + meta/), WORKDIR (a training run with at least one kept step or
+    snapshot), HF (a Hugging Face directory, `config.json`), or None."""
     path = pathlib.Path(path)
     if (path / MODEL_CONFIG_FILE).is_file():
         return MODEL
     if (path / TRAIN_STATE_DIR).is_dir():
         return TRAIN_STEP
+    if (path / SNAPSHOT_PARAMS_DIR).is_dir() and (path / META_DIR).is_dir():
+        return SNAPSHOT
     # Before HF: a training workdir holds a config.json too (the run's resolved config).
-    if kept_steps(path):
+    if kept_steps(path) or snapshot_steps(path):
         return WORKDIR
     if (path / HF_CONFIG_FILE).is_file():
         return HF
@@ -85,6 +90,23 @@ def kept_steps(workdir: str | os.PathLike) -> list[int]:
     if not checkpoints.is_dir():
         return []
     return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+
+
+def snapshot_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps of a training workdir's selection snapshots (`snapshots/<step>`), in order."""
+    snapshots = pathlib.Path(workdir) / SNAPSHOTS_DIR
+    if not snapshots.is_dir():
+        return []
+    return sorted(int(p.name) for p in snapshots.iterdir() if p.name.isdigit())
+
+
+def saved_steps(workdir: str | os.PathLike) -> dict[int, pathlib.Path]:
+    """Every step a training workdir holds parameters of, newest last: {step: its directory},
+    the full train state where a step has both."""
+    workdir = pathlib.Path(workdir)
+    found = {step: workdir / SNAPSHOTS_DIR / str(step) for step in snapshot_steps(workdir)}
+    found.update({step: workdir / CHECKPOINTS_DIR / str(step) for step in kept_steps(workdir)})
+    return dict(sorted(found.items()))
 
 
 def train_step_dir(path: str | os.PathLike) -> pathlib.Path | None:
@@ -109,14 +131,18 @@ def epoch_end_steps(workdir: str | os.PathLike) -> list[int]:
 
 
 def epoch_checkpoint(workdir: str | os.PathLike, epoch: int) -> pathlib.Path | None:
-    """The step directory saved at the end of `epoch` (counted from 1), or None when the run
-    did not keep it (LIMA keeps the ends of epochs 5 to 10, `checkpoint.keep_epochs_*`)."""
+    """The directory saved at the end of `epoch` (counted from 1): its selection snapshot, else
+    its full train state; None when the run kept neither (LIMA keeps the ends of epochs 5 to 10,
+    `checkpoint.keep_epochs_*`)."""
     workdir = pathlib.Path(workdir)
     ends = epoch_end_steps(workdir)
     if not 1 <= epoch <= len(ends):
         raise InputError(f"the run has {len(ends)} epochs, not {epoch}", where=str(workdir / EPOCHS_FILE))
-    step_dir = workdir / CHECKPOINTS_DIR / str(ends[epoch - 1])
-    return step_dir if step_dir.is_dir() else None
+    for folder in (SNAPSHOTS_DIR, CHECKPOINTS_DIR):
+        step_dir = workdir / folder / str(ends[epoch - 1])
+        if step_dir.is_dir():
+            return step_dir
+    return None
 
 
 # --------------------------------------------------------------------------- which step restores
@@ -390,6 +416,15 @@ class TrainCheckpointer:
         )
         self.directory = pathlib.Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.bytes_written = 0  # what this run's saves wrote (`_measure`)
+        self._unmeasured: int | None = None
+
+    def _measure(self) -> None:
+        """Adds the size of the last save once it has finished, before a newer save can delete it."""
+        if self._unmeasured is not None:
+            self.manager.wait_until_finished()
+            self.bytes_written += _directory_bytes(self.directory / str(self._unmeasured))
+            self._unmeasured = None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -430,6 +465,7 @@ class TrainCheckpointer:
 
     def save(self, step: int, state: dict, data_state: dict, meta: dict) -> None:
         """Starts saving (asynchronously when configured); returns once the arrays are copied."""
+        self._measure()
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -439,6 +475,7 @@ class TrainCheckpointer:
             ),
             force=True,
         )
+        self._unmeasured = step
 
     def restore(self, step: int, abstract_state: dict) -> tuple[dict, dict, dict]:
         """(state, data_state, meta) of `step`; `abstract_state` holds ShapeDtypeStructs
@@ -471,5 +508,83 @@ class TrainCheckpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        self._measure()
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+# --------------------------------------------------------------------------- selection snapshots
+
+
+def _directory_bytes(path: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+class SnapshotWriter:
+    """Parameters-only snapshots of a run in `WORKDIR/snapshots/<step>/` (params/ in the
+    snapshot dtype, meta/: the resolved config, the model config, the tokenizer, the step):
+    what choosing between epochs needs, 6x smaller than a float32 train state with its Adam
+    moments in bfloat16. Orbax writes each one into a temporary directory and renames it when
+    complete; every snapshot is kept. `bytes_written` counts what the saves wrote."""
+
+    def __init__(self, directory: str | os.PathLike, *, async_save: bool = True):
+        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True)
+        self.directory = pathlib.Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.bytes_written = 0
+        self._unmeasured: int | None = None
+
+    def steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def _measure(self) -> None:
+        """Adds the size of the last save, once it has finished."""
+        if self._unmeasured is not None:
+            self.manager.wait_until_finished()
+            self.bytes_written += _directory_bytes(self.directory / str(self._unmeasured))
+            self._unmeasured = None
+
+    def save(self, step: int, params: dict, meta: dict, dtype: str) -> bool:
+        """Starts saving `params` (a pure dict) cast to `dtype`; False when `step` is already
+        there (a resumed run passing an epoch end it had saved: the same parameters)."""
+        if step in self.manager.all_steps():
+            return False
+        self._measure()
+        cast = jax.tree.map(lambda x: x.astype(dtype), params)
+        self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(cast),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self._unmeasured = step
+        return True
+
+    def close(self) -> None:
+        self._measure()
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def read_snapshot_meta(step_dir: str | os.PathLike) -> dict:
+    """The `meta` item of a snapshot (`SnapshotWriter`): as a train step's, its `model_config`
+    naming the snapshot's parameter dtype."""
+    step_dir = pathlib.Path(step_dir).absolute()
+    manager = ocp.CheckpointManager(step_dir.parent, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        return manager.restore(int(step_dir.name), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    finally:
+        manager.close()
+
+
+def load_snapshot_model(step_dir: str | os.PathLike, config: LlamaConfig, *, shardings=None) -> Llama:
+    """The model of a snapshot directory with `config` (its meta's `model_config`, numerics
+    such as the compute dtype possibly changed); `shardings` as in `load_model`."""
+    step_dir = pathlib.Path(step_dir).absolute()
+    graphdef, abstract_state = nnx.split(abstract_model(config))
+    pure = nnx.to_pure_dict(abstract_state)
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), _sharding_pure(pure, shardings))
+    manager = ocp.CheckpointManager(step_dir.parent, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        params = manager.restore(int(step_dir.name), args=ocp.args.Composite(
+            params=ocp.args.PyTreeRestore(item=pure, restore_args=restore_args)))["params"]
+    finally:
+        manager.close()
+    nnx.replace_by_pure_dict(abstract_state, params)
+    return nnx.merge(graphdef, abstract_state)

@@ -1,11 +1,13 @@
 """Loading a model and its tokenizer for decoding, from any checkpoint this project writes.
 
 ``--ckpt DIR`` accepts a converted model checkpoint (``model_config.json`` + ``params/``), a
-training run's step directory (``WORKDIR/checkpoints/<step>``) or the run's workdir (its
-newest step that restores: one that does not, a truncated file say, is named in a warning and
-passed over, README "Training"); from a training checkpoint only the parameters are read (an
-orbax partial restore: the optimizer state stays on disk), and the tokenizer comes from its
-``meta``. A checkpoint that cannot be read is one line naming it, never a traceback.
+training run's step directory (``WORKDIR/checkpoints/<step>``), one of its selection snapshots
+(``WORKDIR/snapshots/<step>``: parameters only, in ``checkpoint.snapshot_dtype``) or the run's
+workdir (its newest step, full state or snapshot, that restores: one that does not, a
+truncated file say, is named in a warning and passed over, README "Training"); from a
+training checkpoint only the parameters are read (an orbax partial restore: the optimizer state
+stays on disk), and the tokenizer comes from its ``meta``. A checkpoint that cannot be read is
+one line naming it, never a traceback.
 ``--hf DIR`` reads a Hugging Face LLaMA directory. `lima_jax.checkpoint.checkpoint_kind` tells
 the kinds apart.
 """
@@ -18,25 +20,27 @@ from flax import nnx
 
 from lima_jax import sharding as sharding_lib
 from lima_jax.checkpoint import (
-    CHECKPOINTS_DIR,
     HF,
     HF_CONFIG_FILE,
     MODEL,
     MODEL_CONFIG_FILE,
+    SNAPSHOT,
     TRAIN_STEP,
     WORKDIR,
     CheckpointError,
     NonFiniteWeights,
     check_finite,
     checkpoint_kind,
-    kept_steps,
     load_model,
     load_model_config,
+    load_snapshot_model,
     load_train_model,
     model_tokenizer,
     newest_that_restores,
+    read_snapshot_meta,
     read_train_meta,
     restore_problem,
+    saved_steps,
 )
 from lima_jax.data.tokenizer import Tokenizer, tokenizer_file_in
 from lima_jax.errors import LimaError
@@ -56,11 +60,14 @@ def _param_shardings(config: LlamaConfig, mesh):
 
 
 def _load_train_checkpoint(step_dir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
-    meta = read_train_meta(step_dir)
+    """A full train state's parameters, or a selection snapshot's (`SnapshotWriter`)."""
+    snapshot = checkpoint_kind(step_dir) == SNAPSHOT
+    meta = (read_snapshot_meta if snapshot else read_train_meta)(step_dir)
     config = LlamaConfig.from_dict(meta["model_config"])
     if dtype:
         config = config.replace(dtype=dtype)
-    model = load_train_model(step_dir, config, shardings=_param_shardings(config, mesh))
+    load = load_snapshot_model if snapshot else load_train_model
+    model = load(step_dir, config, shardings=_param_shardings(config, mesh))
     check_finite(nnx.state(model, nnx.Param))
     return model, Tokenizer.from_meta(meta)
 
@@ -80,11 +87,14 @@ def _load_step(step_dir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, 
 
 
 def _load_newest_step(workdir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
-    """The newest step of a training workdir that restores (the others named in warnings)."""
-    def load(step: int):
-        return _load_train_checkpoint(workdir / CHECKPOINTS_DIR / str(step), mesh, dtype)
+    """The newest step of a training workdir that restores (the others named in warnings): its
+    full train state, or its selection snapshot when that step has no full state."""
+    steps = saved_steps(workdir)
 
-    _, loaded, _ = newest_that_restores(kept_steps(workdir), load, workdir)
+    def load(step: int):
+        return _load_train_checkpoint(steps[step], mesh, dtype)
+
+    _, loaded, _ = newest_that_restores(list(steps), load, workdir)
     return loaded
 
 
@@ -126,11 +136,12 @@ def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokeniz
         model = load_model(path, shardings=_param_shardings(config, mesh), **overrides)
         return model, tok
     kind = checkpoint_kind(path)
-    if kind not in (TRAIN_STEP, WORKDIR):
+    if kind not in (TRAIN_STEP, SNAPSHOT, WORKDIR):
         raise LoadError(
             f"--ckpt {path}: neither a model checkpoint ({MODEL_CONFIG_FILE} + params/) nor a "
-            "training step directory (state/, meta/) nor a workdir with checkpoints/<step>/")
-    load = _load_step if kind == TRAIN_STEP else _load_newest_step
+            "training step directory (state/, meta/) nor a selection snapshot (params/, meta/) nor a "
+            "workdir with checkpoints/<step>/ or snapshots/<step>/")
+    load = _load_newest_step if kind == WORKDIR else _load_step
     model, tok = load(path.absolute(), mesh, dtype)
     return model, (Tokenizer.load(tok_path, eot=tok.eot) if tok_path else tok)
 

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from lima_jax import sharding as sharding_lib
-from lima_jax.checkpoint import CHECKPOINTS_DIR, EPOCHS_FILE, TrainCheckpointer
+from lima_jax.checkpoint import CHECKPOINTS_DIR, EPOCHS_FILE, SNAPSHOTS_DIR, SnapshotWriter, TrainCheckpointer
 from lima_jax.chips import peak_flops_per_device
 from lima_jax.data import build_pipeline
 from lima_jax.errors import LimaError
@@ -221,8 +221,13 @@ def train(config: ml_collections.ConfigDict) -> dict:
     keep = [epoch_ends[e - 1] for e in range(config.checkpoint.keep_epochs_from,
                                              config.checkpoint.keep_epochs_to + 1)
             if 0 < e <= len(epoch_ends)]
-    checkpointer = TrainCheckpointer(workdir / CHECKPOINTS_DIR, keep_steps=keep,
+    # checkpoint.selection: the kept epochs as parameters-only snapshots (only the latest full
+    # state stays), or as full train states (README "Training").
+    snapshots = config.checkpoint.selection == "snapshot"
+    checkpointer = TrainCheckpointer(workdir / CHECKPOINTS_DIR, keep_steps=() if snapshots else keep,
                                      async_save=config.checkpoint.async_save)
+    snapshot_writer = SnapshotWriter(workdir / SNAPSHOTS_DIR, async_save=config.checkpoint.async_save) \
+        if snapshots and keep else None
     iterator = pipeline.iterator()
     start_step = 0
     if resume:
@@ -267,6 +272,13 @@ def train(config: ml_collections.ConfigDict) -> dict:
         """The state after `step`, with the data iterator's state that goes with it (the
         prefetch thread has moved the iterator itself further on)."""
         checkpointer.save(step, state, data_state, dict(meta, step=step))
+
+    snapshot_dtype = config.checkpoint.snapshot_dtype
+    snapshot_meta = dict(meta, model_config=model_config.replace(param_dtype=snapshot_dtype).to_dict())
+
+    def save_snapshot(step: int):
+        """The parameters after `step`, in checkpoint.snapshot_dtype, for choosing between epochs."""
+        snapshot_writer.save(step, state["params"], dict(snapshot_meta, step=step), snapshot_dtype)
 
     summary = {"compile_s": compile_s, "start_step": start_step, "total_steps": total_steps}
     def generation_score() -> dict:
@@ -313,11 +325,12 @@ def train(config: ml_collections.ConfigDict) -> dict:
             in_flight = _StepInFlight(done, metrics, dispatched_at)
             epoch = lines.epoch(done)
             at_epoch_end = done in epoch_ends
-            save_due = at_epoch_end or _every(config.checkpoint.every_steps, done)
+            snapshot_due = snapshot_writer is not None and done in keep
+            save_due = (at_epoch_end and not snapshots) or _every(config.checkpoint.every_steps, done)
             eval_due = (at_epoch_end and eval_pipeline is not None
                         and epoch % config.train.eval_every_epochs == 0)
             preempted = preemption.reached(done)  # every host reaches it at the same step
-            if not (save_due or eval_due or preempted or done == run_steps):
+            if not (save_due or snapshot_due or eval_due or preempted or done == run_steps):
                 continue  # the next step is dispatched before this one's metrics are read
             # The state after this step is about to be saved or evaluated: the guard speaks first.
             finish(in_flight)
@@ -325,6 +338,8 @@ def train(config: ml_collections.ConfigDict) -> dict:
             if save_due:
                 save(done, batch.data_state)
                 last_saved = done
+            if snapshot_due:
+                save_snapshot(done)
             if eval_due:
                 result = _evaluate(sharded, state["params"], eval_pipeline)
                 metrics_log.log({"step": done, "epoch": epoch, **result})
@@ -340,9 +355,13 @@ def train(config: ml_collections.ConfigDict) -> dict:
                 save(done, batch.data_state)
                 last_saved = done
     checkpointer.close()
+    if snapshot_writer is not None:
+        snapshot_writer.close()
 
     # ---------------------------------------------------------------- report
-    summary.update(status=status, last_checkpoint=last_saved)
+    summary.update(status=status, last_checkpoint=last_saved,
+                   checkpoint_bytes_written={"full_state": checkpointer.bytes_written,
+                                             "snapshots": snapshot_writer.bytes_written if snapshot_writer else 0})
     if eval_pipeline is not None and status == "completed":
         summary["eval_at_end"] = _evaluate(sharded, state["params"], eval_pipeline)
         summary["eval_at_end"].update(generation_score())

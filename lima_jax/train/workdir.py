@@ -28,7 +28,14 @@ import jax
 import ml_collections
 
 from lima_jax import sharding as sharding_lib
-from lima_jax.checkpoint import CHECKPOINTS_DIR, EPOCHS_FILE, UNRESTORABLE_DIR, kept_steps
+from lima_jax.checkpoint import (
+    CHECKPOINTS_DIR,
+    EPOCHS_FILE,
+    SNAPSHOTS_DIR,
+    UNRESTORABLE_DIR,
+    kept_steps,
+    snapshot_steps,
+)
 from lima_jax.data.readers import split_paths
 from lima_jax.data.tokenizer import tokenizer_file_in
 from lima_jax.jsonl import read_json, write_json
@@ -40,7 +47,7 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 # Everything the trainer writes for a run; `config.overwrite` removes exactly these. Kept: the
 # generated demo data (made again the same) and the trained-tokenizer cache (named by content).
-TRAINER_OUTPUTS = (CHECKPOINTS_DIR, UNRESTORABLE_DIR, METRICS_FILE, "tensorboard", "summary.json",
+TRAINER_OUTPUTS = (CHECKPOINTS_DIR, SNAPSHOTS_DIR, UNRESTORABLE_DIR, METRICS_FILE, "tensorboard", "summary.json",
                    "loss_curve.png", EPOCHS_FILE, RUN_FILE, "config.json")
 
 # Keys a resumed run may change. They say how far to run, how often to log, evaluate and save,
@@ -53,7 +60,7 @@ RESUMABLE_KEYS = (
     "workdir", "resume", "overwrite",
     "train.max_steps", "train.log_every",
     "train.eval_every_epochs", "train.eval_at_start", "train.eval_exact_match",
-    "checkpoint",
+    "checkpoint", "plan",
     "mesh", "sharding_rules", "distributed", "compile_only", "topology",
     "model.remat", "model.scan_unroll", "train.loss_chunk_size",
     "data.train_tokenizer.cache_dir",
@@ -69,18 +76,21 @@ def _resume_hint(workdir: pathlib.Path) -> str:
 
 def _describe_run(workdir: pathlib.Path) -> str:
     """What of a run is in `workdir`: 'the checkpoints of steps 7, 10 and metrics.jsonl', say."""
-    steps = kept_steps(workdir)
+    steps, snapshots = kept_steps(workdir), snapshot_steps(workdir)
     metrics = (workdir / METRICS_FILE).exists()
-    if not steps:
+    parts = []
+    for name, found in (("checkpoint", steps), ("snapshot", snapshots)):
+        if found:
+            plural = "s" if len(found) > 1 else ""
+            parts.append(f"the {name}{plural} of step{plural} {', '.join(map(str, found))}")
+    if not parts:
         return f"{METRICS_FILE}, no checkpoint" if metrics else "no checkpoint"
-    plural = "s" if len(steps) > 1 else ""
-    found = f"the checkpoint{plural} of step{plural} {', '.join(map(str, steps))}"
-    return found + (f" and {METRICS_FILE}" if metrics else "")
+    return ", ".join(parts) + (f" and {METRICS_FILE}" if metrics else "")
 
 
 def holds_run(workdir: pathlib.Path) -> bool:
-    """Whether `workdir` holds a training run: checkpoints or metrics."""
-    return bool(kept_steps(workdir)) or (workdir / METRICS_FILE).exists()
+    """Whether `workdir` holds a training run: checkpoints, snapshots or metrics."""
+    return bool(kept_steps(workdir) or snapshot_steps(workdir)) or (workdir / METRICS_FILE).exists()
 
 
 def claim_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> bool:

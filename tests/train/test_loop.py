@@ -179,12 +179,46 @@ def test_run_writes_metrics_checkpoints_and_learns(tmp_path):
 
 
 def test_kept_checkpoints_are_the_chosen_epochs_and_the_latest(tmp_path):
+    """checkpoint.selection = full_state: a full train state at every epoch end; kept are the
+    chosen epochs and the latest."""
     c = tiny_config(tmp_path / "run", tmp_path / "data", checkpoint__keep_epochs_from=1,
-                    checkpoint__keep_epochs_to=2, train__eval_data="")
+                    checkpoint__keep_epochs_to=2, train__eval_data="", checkpoint__selection="full_state")
     summary = train(c)
     per_epoch = summary["total_steps"] // 3
     assert TrainCheckpointer(tmp_path / "run" / "checkpoints").all_steps() == [
         per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert not (tmp_path / "run" / "snapshots").exists()
+    assert summary["checkpoint_bytes_written"]["snapshots"] == 0
+
+
+def test_chosen_epochs_are_bfloat16_parameter_snapshots_and_only_the_latest_full_state(tmp_path):
+    """checkpoint.selection = snapshot (the default): the chosen epochs store parameters only, in
+    bfloat16; the full state is saved at the run's end only; every reader takes the snapshots."""
+    import numpy as np
+
+    from lima_jax.checkpoint import SNAPSHOT, checkpoint_kind, epoch_checkpoint, read_snapshot_meta
+    from lima_jax.decode.load import load_for_decoding
+
+    run = tmp_path / "run"
+    c = tiny_config(run, tmp_path / "data", checkpoint__keep_epochs_from=1, checkpoint__keep_epochs_to=2,
+                    train__eval_data="")
+    summary = train(c)
+    per_epoch = summary["total_steps"] // 3
+    assert TrainCheckpointer(run / "checkpoints").all_steps() == [3 * per_epoch]
+    assert sorted(int(p.name) for p in (run / "snapshots").iterdir()) == [per_epoch, 2 * per_epoch]
+    written = summary["checkpoint_bytes_written"]
+    full_state, snapshots = written["full_state"], written["snapshots"]
+    # Two bfloat16 parameter snapshots against one float32 state with two Adam moments: 2 x 2 bytes
+    # a parameter against 12 (+ the data iterator, meta and orbax's files on both sides).
+    assert 0 < snapshots < 0.5 * full_state
+    for epoch in (1, 2):
+        snapshot = epoch_checkpoint(run, epoch)
+        assert snapshot == run / "snapshots" / str(epoch * per_epoch) and checkpoint_kind(snapshot) == SNAPSHOT
+        assert read_snapshot_meta(snapshot)["model_config"]["param_dtype"] == "bfloat16"
+        model, tokenizer = load_for_decoding(ckpt=str(snapshot))
+        assert model.embedding[...].dtype == np.dtype("bfloat16")
+        assert tokenizer.vocab_size == model.config.vocab_size
+    assert epoch_checkpoint(run, 3) == run / "checkpoints" / str(3 * per_epoch)
 
 
 def _train_command(workdir, data_dir, *extra):

@@ -21,9 +21,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _config(workdir: pathlib.Path, data: pathlib.Path, max_steps: int, resume=False):
-    # Epoch ends (every 7 steps) are kept, so a damaged latest checkpoint has an older one.
+    # Epoch ends (every 7 steps) are kept as full states, so a damaged latest checkpoint has an older one.
     c = tiny_config(workdir, data, train__eval_data="", train__max_steps=max_steps,
-                    checkpoint__every_steps=5, checkpoint__keep_epochs_from=1)
+                    checkpoint__every_steps=5, checkpoint__keep_epochs_from=1, checkpoint__selection="full_state")
     c.resume = resume
     return c
 

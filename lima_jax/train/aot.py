@@ -6,21 +6,32 @@ description (no TPU needed; `pip install -e ".[tpu]"`), compiles the trainer's o
 sharded step (`compile_train_step`) for them with abstract arrays only, and reports the
 per-chip memory from `memory_analysis()` against the chip's HBM (`lima_jax.chips`):
 whether the plan fits, before anyone books the pod.
+
+It also says how long the run would take (`lima_jax.train.run_estimate`): the step's FLOPs and
+HBM bytes per device from XLA's cost analysis of the compiled, partitioned program (with each
+while loop's body counted its trip count times: `loop_counted_cost`), the roofline step time
+they imply, the step time at `config.plan.mfu` from the analytic model FLOPs, the steps of each
+epoch from the real data plan (when the data and tokenizer can be read), the bytes of each kind
+of checkpoint, and the run's wall clock with its breakdown at `config.plan.storage_gbps`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pathlib
 import re
 
 import jax
 import ml_collections
+import numpy as np
 
 from lima_jax import sharding as sharding_lib
-from lima_jax.chips import hbm_gib
+from lima_jax.chips import chip, hbm_gib
+from lima_jax.errors import LimaError
 from lima_jax.model.presets import get_preset
-from lima_jax.train.config import RunConfigError, model_config_overrides
+from lima_jax.train import run_estimate as run_model
+from lima_jax.train.config import RunConfigError, model_config_overrides, total_flops_per_token
 from lima_jax.train.step import compile_train_step
 
 # generation -> (libtpu name prefix, chip config, TensorCores per chip, 3-D torus)
@@ -86,9 +97,292 @@ def slice_topology(name: str):
                         'pip install -e ".[tpu]"') from None
 
 
+# ---------------------------------------------------------------------------- cost analysis
+
+_HEADER = re.compile(r"^(ENTRY )?%?([^\s(]+) \(")
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([^\s=]+) = ")
+_METADATA = re.compile(r',? metadata=\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\}')
+_PASS_THROUGH = ("copy", "bitcast", "convert", "reshape")
+
+
+def _closing(text: str, i: int, open_: str = "(", close: str = ")") -> int:
+    """The index just past the bracket that closes the one at text[i]."""
+    depth = 0
+    while True:
+        depth += (text[i] == open_) - (text[i] == close)
+        i += 1
+        if depth == 0:
+            return i
+
+
+class _Computation:
+    """One computation of an HLO module's text: its lines and its instructions by name."""
+
+    def __init__(self, name: str, lines: list[str]):
+        self.name, self.lines, self.instructions, self.root = name, lines, {}, None
+        for line in lines[1:-1]:
+            match = _INSTRUCTION.match(line)
+            if not match:
+                continue
+            i = match.end()
+            i = _closing(line, i) + 1 if line[i] == "(" else line.index(" ", i) + 1  # the shape
+            j = line.index("(", i)
+            k = _closing(line, j)
+            opcode, args = line[i:j], line[j + 1:k - 1]
+            operands = [a.strip().lstrip("%") for a in args.split(",")] if args and opcode != "constant" else []
+            instruction = {"opcode": opcode, "operands": operands, "arg": args, "attrs": line[k:]}
+            self.instructions[match.group(2)] = instruction
+            if match.group(1):
+                self.root = instruction
+
+    def resolve(self, name: str) -> dict | None:
+        """The instruction `name` is, through copies, bitcasts, converts and reshapes."""
+        instruction = self.instructions.get(name)
+        for _ in range(8):
+            if not instruction or instruction["opcode"] not in _PASS_THROUGH:
+                break
+            instruction = self.instructions.get(instruction["operands"][0])
+        return instruction
+
+    def constant(self, name: str) -> int | None:
+        instruction = self.resolve(name)
+        if instruction and instruction["opcode"] == "constant":
+            try:
+                return int(instruction["arg"])
+            except ValueError:
+                return None
+        return None
+
+    def parameter_element(self, name: str) -> int | None:
+        """k where `name` is element k of the computation's (tuple) parameter."""
+        instruction = self.resolve(name)
+        if instruction and instruction["opcode"] == "get-tuple-element":
+            source = self.instructions.get(instruction["operands"][0])
+            index = re.search(r"index=(\d+)", instruction["attrs"])
+            if index and source and source["opcode"] == "parameter":
+                return int(index.group(1))
+        return None
+
+
+def _split_module(text: str) -> tuple[dict[str, _Computation], str]:
+    computations, entry, name, lines = {}, None, None, []
+    for line in text.splitlines():
+        if name is None:
+            match = _HEADER.match(line)
+            if match and line.rstrip().endswith("{"):
+                name, lines = match.group(2), [line]
+                entry = name if match.group(1) else entry
+            continue
+        lines.append(line)
+        if line == "}":
+            computations[name] = _Computation(name, lines)
+            name = None
+    return computations, entry
+
+
+def _loop_parts(instruction: dict) -> tuple[str, str]:
+    attrs = instruction["attrs"]
+    return (re.search(r"condition=%?([^\s,]+)", attrs).group(1),
+            re.search(r"body=%?([^\s,]+)", attrs).group(1))
+
+
+def _trip_count(computations: dict[str, _Computation], caller: _Computation, loop: dict) -> int | None:
+    """A while loop's trip count: XLA's `known_trip_count` where the backend records it (CPU,
+    GPU), else read off the loop (TPU): a condition `counter < N` on one element of the loop's
+    tuple, that element's initial constant, and the constant the body adds to it."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', loop["attrs"])
+    if known:
+        return int(known.group(1))
+    condition_name, body_name = _loop_parts(loop)
+    condition, body = computations[condition_name], computations[body_name]
+    root = condition.root
+    if not root or root["opcode"] != "compare" or len(root["operands"]) != 2:
+        return None
+    direction = re.search(r"direction=(\w+)", root["attrs"]).group(1)
+    left, right = root["operands"]
+    k, bound = condition.parameter_element(left), condition.constant(right)
+    if k is None:
+        k, bound = condition.parameter_element(right), condition.constant(left)
+        direction = {"LT": "GT", "GT": "LT", "LE": "GE", "GE": "LE"}.get(direction, direction)
+    initial = caller.resolve(loop["operands"][0]) if loop["operands"] else None
+    if k is None or bound is None or not initial or initial["opcode"] != "tuple" or \
+            not body.root or body.root["opcode"] != "tuple":
+        return None
+    start = caller.constant(initial["operands"][k])
+    increment = body.resolve(body.root["operands"][k])
+    step = None
+    if increment and increment["opcode"] == "add":
+        x, y = increment["operands"]
+        step = body.constant(y) if body.parameter_element(x) == k else (
+            body.constant(x) if body.parameter_element(y) == k else None)
+    if start is None or not step:
+        return None
+    if direction == "LT" and step > 0:
+        return max(0, -(-(bound - start) // step))
+    if direction == "LE" and step > 0:
+        return max(0, (bound - start) // step + 1)
+    if direction == "GT" and step < 0:
+        return max(0, -(-(start - bound) // -step))
+    if direction == "GE" and step < 0:
+        return max(0, (start - bound) // -step + 1)
+    if direction == "NE" and (bound - start) % step == 0 and (bound - start) // step >= 0:
+        return (bound - start) // step
+    return None
+
+
+def _cost_client():
+    try:
+        return jax.devices("cpu")[0].client
+    except RuntimeError:  # a platform list without the CPU
+        return jax.devices()[0].client
+
+
+def loop_counted_cost(executable) -> dict:
+    """FLOPs and bytes accessed per device of a compiled (partitioned) program, from XLA's cost
+    analysis, with every while loop's body counted as many times as the loop runs.
+
+    `Compiled.cost_analysis()` counts a while loop's body once, so a step that scans its layers
+    (or micro-batches, or loss chunks) reports a fraction of its work (measured: a quarter, for
+    a 12-layer scan). Here each loop body is analysed on its own (the module's text with that
+    body as its entry computation, through XLA's own HloCostAnalysis) and counted its trip count
+    times, inner loops first. Returns `flops` and `bytes_accessed` so counted, XLA's figures as
+    it reports them (`xla_flops`, `xla_bytes_accessed`), the loops' trip counts, and the loops
+    whose trip count could not be read (counted once, as XLA does).
+
+    The FLOPs match the model's count (tests/train/test_aot.py). The bytes are an upper bound: XLA
+    counts a whole loop-carried buffer where a loop updates a slice of it in place (the
+    accumulators of the windowed collective matmuls of FSDP, measured: several times the bytes a
+    65B layer's weights and activations take), and that now counts every trip."""
+    from jax._src.lib import _jax
+    from jaxlib import _hlo
+
+    reported = executable.cost_analysis()
+    if isinstance(reported, (list, tuple)):
+        reported = reported[0]
+    out = {"xla_flops": float(reported.get("flops", 0.0)),
+           "xla_bytes_accessed": float(reported.get("bytes accessed", 0.0))}
+    out.update(flops=out["xla_flops"], bytes_accessed=out["xla_bytes_accessed"], loops=[],
+               uncounted_loops=0)
+    try:
+        computations, entry = _split_module(_METADATA.sub("", executable.as_text()))
+    except Exception as err:  # noqa: BLE001 - a module text this parser does not follow
+        out["loop_count_error"] = f"{type(err).__name__}: {err}"
+        return out
+    if entry is None:
+        return out
+    raw_cost, true_cost = {}, {}
+
+    def raw(name: str) -> tuple[float, float]:
+        """XLA's cost of `name` run once, loop bodies inside it counted once."""
+        if name not in raw_cost:
+            blocks = []
+            for other in computations:
+                block = "\n".join(computations[other].lines)
+                block = block.removeprefix("ENTRY ") if other == entry else block
+                blocks.append("ENTRY " + block if other == name else block)
+            module = _hlo.hlo_module_from_text("HloModule cost\n\n" + "\n\n".join(blocks))
+            cost = _jax.hlo_module_cost_analysis(_cost_client(), module)
+            raw_cost[name] = (float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
+        return raw_cost[name]
+
+    def loops_in(name: str, seen: set) -> list[tuple[str, int | None]]:
+        """(body, trip count) of the loops `name` runs, itself or through calls, not inside
+        another loop."""
+        computation, found, loop_parts = computations[name], [], set()
+        for instruction in computation.instructions.values():
+            if instruction["opcode"] == "while":
+                condition, body = _loop_parts(instruction)
+                found.append((body, _trip_count(computations, computation, instruction)))
+                loop_parts |= {condition, body}
+        for called in set(re.findall(r"%([^\s,(){}]+)", "\n".join(computation.lines[1:]))):
+            if called in computations and called not in loop_parts and called not in seen:
+                seen.add(called)
+                found += loops_in(called, seen)
+        return found
+
+    def counted(name: str) -> tuple[float, float]:
+        if name not in true_cost:
+            flops, accessed = raw(name)
+            for body, trips in loops_in(name, {name}):
+                out["loops"].append(trips)
+                if trips is None:
+                    out["uncounted_loops"] += 1
+                    continue
+                body_flops, body_bytes = counted(body)
+                raw_flops, raw_bytes = raw(body)
+                flops += trips * body_flops - raw_flops
+                accessed += trips * body_bytes - raw_bytes
+            true_cost[name] = (flops, accessed)
+        return true_cost[name]
+
+    try:
+        entry_flops, entry_bytes = raw(entry)
+        flops, accessed = counted(entry)
+    except Exception as err:  # noqa: BLE001 - a module text this parser does not follow
+        out["loop_count_error"] = f"{type(err).__name__}: {err}"
+        return out
+    # XLA's own figures, plus what the loops' other trips add.
+    out["flops"] = out["xla_flops"] + flops - entry_flops
+    out["bytes_accessed"] = out["xla_bytes_accessed"] + accessed - entry_bytes
+    return out
+
+
+# ---------------------------------------------------------------------------- the run's inputs
+
+
+def data_steps_per_epoch(config: ml_collections.ConfigDict) -> tuple[list[int] | None, str]:
+    """(the steps of each epoch, '') from the real data plan (`config.data` with its tokenizer,
+    packed or not, as `count_steps` plans it), or (None, why not) when the data or the tokenizer
+    cannot be read."""
+    from lima_jax.data.pipeline import plan_from_config, prepare_examples
+    from lima_jax.data.tokenizer import tokenizer_file_in
+
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    if not data.path:
+        return None, "no data.path"
+    if data.path.startswith("generated:"):
+        return None, f"data.path {data.path} is written by the run itself"
+    if not data.tokenizer:
+        if data.train_tokenizer.vocab_size > 0:
+            return None, "data.train_tokenizer: the plan check does not train a tokenizer"
+        init_from = config.model.init_from
+        if not init_from or tokenizer_file_in(init_from) is None:
+            return None, ("data.tokenizer is '' and model.init_from "
+                          + (f"{init_from} has no tokenizer" if init_from else "is not set"))
+        data.tokenizer = str(init_from)
+    data.worker_count = 0
+    try:
+        _, examples, _ = prepare_examples(data)
+        return list(plan_from_config(data, examples).steps_per_epoch), ""
+    except (LimaError, OSError, ValueError) as err:
+        return None, f"the data plan could not be made: {err}"
+
+
+def _tree_bytes(tree) -> int:
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _weights_load_bytes(init_from: str, parameters: int) -> tuple[float, str]:
+    """(bytes to read for model.init_from, how they were found): the files' sizes when it is a
+    local directory, else 2 bytes a parameter (a bfloat16/float16 checkpoint, as LLaMA's are)."""
+    if not init_from:
+        return 0.0, "none (from scratch)"
+    path = pathlib.Path(init_from)
+    if path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file()]
+        for suffixes in ((".safetensors",), (".bin", ".pth", ".pt"), None):  # HF, Meta, else orbax
+            chosen = [f for f in files if suffixes is None or f.suffix in suffixes]
+            if chosen:
+                return float(sum(f.stat().st_size for f in chosen)), f"the files under {init_from}"
+    return 2.0 * parameters, "2 bytes a parameter (a 16-bit checkpoint)"
+
+
+# ---------------------------------------------------------------------------- the plan check
+
+
 def compile_plan(config: ml_collections.ConfigDict) -> dict:
-    """Compiles the train step for `config.topology` (or the local devices) and
-    returns the per-device memory report."""
+    """Compiles the train step for `config.topology` (or the local devices) and returns the
+    per-device memory report, the step's cost and the run's estimate."""
     if config.topology:
         devices = slice_topology(config.topology).devices
     else:
@@ -96,8 +390,9 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
     mesh = sharding_lib.make_mesh(dict(config.mesh), devices)
     shape = dict(mesh.shape)
 
-    # No data nor tokenizer is read: the vocabulary is the preset's, plus LIMA's EOT token when the
-    # run appends one (config.data.eot: auto means a new one for every template but chat).
+    # No data nor tokenizer is read to compile: the vocabulary is the preset's, plus LIMA's EOT
+    # token when the run appends one (config.data.eot: auto means a new one for every template but
+    # chat).
     preset = get_preset(config.model.preset)
     new_eot = config.data.eot == "new" or (config.data.eot == "auto" and config.data.template != "chat")
     vocab = dict(vocab_size=preset.vocab_size + 1, eot_token_id=preset.vocab_size) if new_eot else {}
@@ -113,7 +408,7 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
     hbm = hbm_gib(kind)
     peak = getattr(memory, "peak_memory_in_bytes", 0) or (
         memory.argument_size_in_bytes + memory.temp_size_in_bytes)
-    return {
+    report = {
         "topology": config.topology or f"local {kind}",
         "device_kind": kind,
         "devices": len(devices),
@@ -133,19 +428,152 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
         "hbm_gib": hbm,
         "fits": None if hbm is None else peak / 2**30 <= hbm,
     }
+    report.update(_step_cost(config, compiled, sharded, model_config, len(devices), kind))
+    report.update(_run_estimate(config, sharded, compile_s, report["step_cost"]))
+    return report
+
+
+def _step_cost(config, compiled, sharded, model_config, n_devices: int, kind: str) -> dict:
+    """The step's FLOPs and bytes per device (XLA's cost analysis, loops counted), its roofline
+    time on the chip, and its time at config.plan.mfu from the analytic model FLOPs."""
+    b, t = config.data.global_batch_size, config.data.max_len
+    cost = loop_counted_cost(compiled.executable)
+    model_flops = total_flops_per_token(
+        sharded.fns.matmul_param_count(), model_config.n_layers, t,
+        model_config.n_heads * model_config.head_dim) * b * t
+    entry = chip(kind)
+    mfu = float(config.plan.mfu)
+    step = {
+        "per_device": ("XLA's cost analysis of the partitioned step, per device, each while loop's "
+                       "body counted its trip count times"),
+        "flops_per_device": cost["flops"],
+        "bytes_accessed_per_device": cost["bytes_accessed"],
+        "xla_flops_per_device": cost["xla_flops"],  # as cost_analysis() reports it (loop bodies once)
+        "xla_bytes_accessed_per_device": cost["xla_bytes_accessed"],
+        "loop_trip_counts": cost["loops"],
+        "uncounted_loops": cost["uncounted_loops"],
+        "loop_count_error": cost.get("loop_count_error"),
+        "model_flops": model_flops,  # 6 x matmul params x tokens + causal attention, all devices
+        "xla_over_model_flops": cost["flops"] * n_devices / model_flops,
+        "peak_flops_per_device": entry.peak_flops if entry else None,
+        "hbm_bandwidth_per_device": entry.hbm_bandwidth if entry else None,
+        "mfu": mfu,
+        "roofline": None,
+        "step_s": None,
+    }
+    if entry:
+        step["roofline"] = run_model.roofline_step_seconds(
+            cost["flops"], cost["bytes_accessed"], entry.peak_flops, entry.hbm_bandwidth)
+        step["roofline"]["mfu_ceiling"] = model_flops / (
+            n_devices * entry.peak_flops * step["roofline"]["bound_s"])
+        step["step_s"] = run_model.step_seconds_at_mfu(model_flops, n_devices, entry.peak_flops, mfu)
+    return {"step_cost": step}
+
+
+def _run_estimate(config, sharded, compile_s: float, step: dict) -> dict:
+    """The checkpoint sizes, the data plan's steps, and the run's wall clock."""
+    state = sharded.abstract_state
+    parameters = int(sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"])))
+    snapshot_dtype = config.checkpoint.get("snapshot_dtype", "bfloat16")
+    full_state_bytes = _tree_bytes(state)
+    snapshot_bytes = parameters * np.dtype(jax.numpy.dtype(snapshot_dtype)).itemsize
+    export_bytes = 2 * parameters  # bfloat16
+    init_bytes, init_source = _weights_load_bytes(config.model.init_from, parameters)
+    steps_per_epoch, reason = data_steps_per_epoch(config)
+    unknown = []
+    if steps_per_epoch is None:
+        unknown.append(f"steps per epoch unknown: {reason}")
+    if step["step_s"] is None:
+        unknown.append(f"step time unknown: no peak FLOP/s for {config.topology or 'this chip'}")
+    inputs = dict(
+        steps_per_epoch=steps_per_epoch, step_s=step["step_s"], full_state_bytes=full_state_bytes,
+        snapshot_bytes=snapshot_bytes, export_bytes=export_bytes, init_bytes=init_bytes,
+        compile_s=compile_s, storage_gbps=float(config.plan.storage_gbps),
+        policy=config.checkpoint.get("selection", "snapshot"),
+        every_steps=int(config.checkpoint.every_steps),
+        keep_epochs=(int(config.checkpoint.keep_epochs_from), int(config.checkpoint.keep_epochs_to)),
+        max_steps=int(config.train.max_steps), unknown_reason="; ".join(unknown))
+    estimate = run_model.estimate_run(**inputs)
+    estimate.update(parameters=parameters, parameter_bytes=_tree_bytes(state["params"]),
+                    optimizer_state_bytes=_tree_bytes(state["opt_state"]),
+                    snapshot_dtype=snapshot_dtype, weights_load_bytes=init_bytes,
+                    weights_load_source=init_source)
+    return {"run_estimate": estimate, "run_estimate_inputs": dict(inputs, mfu=step["mfu"])}
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def _si(n: float, unit: str) -> str:
+    """3.2 TFLOP, 410.0 GB: decimal prefixes."""
+    for power, prefix in ((15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if abs(n) >= 10**power:
+            return f"{n / 10**power:,.1f} {prefix}{unit}"
+    return f"{n:,.0f} {unit}"
 
 
 def format_plan(report: dict) -> str:
     memory = report["per_device_gib"]
     verdict = ("unknown HBM size" if report["fits"] is None
                else "FITS" if report["fits"] else "DOES NOT FIT")
-    return (
+    lines = [
         f"plan: {report['model']} on {report['topology']} ({report['devices']} x "
         f"{report['device_kind']}), mesh {report['mesh']}, batch {report['global_batch']}, "
         f"remat {report['remat']}, attention {report['attention']}"
-        + (f" (Pallas: {', '.join(report['pallas_kernels'])})" if report["pallas_kernels"] else "")
-        + "\n"
+        + (f" (Pallas: {', '.join(report['pallas_kernels'])})" if report["pallas_kernels"] else ""),
         f"plan: compiled in {report['compile_s']}s; per device: arguments "
         f"{memory['arguments']:.2f} GiB, temp {memory['temp']:.2f} GiB, peak {memory['peak']:.2f} GiB"
-        f" of {report['hbm_gib']} GiB HBM: {verdict}"
-    )
+        f" of {report['hbm_gib']} GiB HBM: {verdict}",
+    ]
+    step, run = report.get("step_cost"), report.get("run_estimate")
+    if not step or not run:
+        return "\n".join(lines)
+    loops = f", {len(step['loop_trip_counts'])} loops counted x their trips" if step["loop_trip_counts"] else ""
+    if step["uncounted_loops"]:
+        loops += f" ({step['uncounted_loops']} with an unknown trip count counted once)"
+    if step.get("loop_count_error"):
+        loops = f", loop bodies counted once ({step['loop_count_error']})"
+    lines.append(
+        f"plan: step cost per device (XLA cost analysis of the partitioned program{loops}): "
+        f"{_si(step['flops_per_device'], 'FLOP')}, {_si(step['bytes_accessed_per_device'], 'B')} "
+        f"accessed; x {report['devices']} devices = {step['xla_over_model_flops']:.2f} x the model's "
+        f"{_si(step['model_flops'], 'FLOP')} (6 x matmul params x tokens + attention)"
+        + ("; Pallas kernels are not in XLA's count" if report["pallas_kernels"] else ""))
+    roofline = step["roofline"]
+    if roofline:
+        lines.append(
+            f"plan: step time: roofline bound {roofline['bound_s']:.2f} s ({roofline['bound_by']}: "
+            f"{roofline['compute_s']:.2f} s at peak FLOP/s, {roofline['memory_s']:.2f} s at HBM "
+            f"bandwidth, XLA's bytes being an upper bound; MFU ceiling {roofline['mfu_ceiling']:.0%}); "
+            f"at MFU {step['mfu']:.0%} of the model FLOPs: {step['step_s']:.2f} s"
+            + (" (faster than the roofline bound: plan.mfu is above its MFU ceiling)"
+               if step["step_s"] < roofline["bound_s"] else ""))
+    else:
+        lines.append("plan: step time unknown (no peak FLOP/s nor HBM bandwidth for this chip)")
+    spe = run["steps_per_epoch"]
+    steps = ("unknown" if spe is None else
+             f"{run['epochs']} epochs x {spe[0] if len(set(spe)) == 1 else f'{min(spe)}-{max(spe)}'}"
+             f" = {sum(spe)} steps" + (f" (cut to {run['steps']})" if run["steps"] != sum(spe) else ""))
+    lines.append(f"plan: data: {steps}" + (f" ({run['unknown']})" if run["unknown"] else ""))
+    lines.append(
+        f"plan: checkpoints at {run['storage_gbps']:g} GB/s: full train state "
+        f"{_gb(run['full_state_bytes'])} ({run['full_state_write_s']:.0f} s to write), parameters-only "
+        f"snapshot ({run['snapshot_dtype']}) {_gb(run['snapshot_bytes'])} "
+        f"({run['snapshot_write_s']:.0f} s); policy {run['policy']}"
+        + (f": {run['saves'][run_model.FULL]} full, {run['saves'][run_model.SNAPSHOT]} snapshots, "
+           f"{_gb(run['bytes_written'])} written with the export (full-state policy: "
+           f"{_gb(run['bytes_written_full_state_policy'])})" if run["saves"] else ""))
+    duration = run_model.format_duration
+    rows = [("weights load", run["breakdown"]["weights_load_s"], run["weights_load_source"]),
+            ("compile", run["breakdown"]["compile_s"], "measured here"),
+            ("compute", run["compute_s"], f"steps x {duration(step['step_s'])} at MFU {step['mfu']:.0%}"),
+            ("checkpoints", run["checkpoint_s"], "writes not overlapping compute"
+             + (f" (blocked {duration(run['stall_s'])}, final wait {duration(run['final_wait_s'])})"
+                if run["stall_s"] is not None else "")),
+            ("export", run["breakdown"]["export_s"], "bfloat16 parameters"),
+            ("total", run["total_s"], "" if run["total_s_full_state_policy"] is None else
+             f"full-state policy: {duration(run['total_s_full_state_policy'])}")]
+    lines.append("plan: run estimate")
+    lines += [f"plan:   {name:<13}{duration(value):>14}   {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines)

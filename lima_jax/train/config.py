@@ -22,6 +22,8 @@ from lima_jax.model.presets import PRESETS
 from lima_jax.sharding import DEFAULT_RULES, MESH_AXES, ShardingError, batch_axes, make_mesh
 
 WEIGHT_DECAY_MASKS = ("all", "matrices", "matrices_no_embeddings")
+CHECKPOINT_SELECTION = ("snapshot", "full_state")
+SNAPSHOT_DTYPES = ("bfloat16", "float32")
 # Shape fields a config may change on top of its preset (0 = the preset's value).
 MODEL_SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim", "max_seq_len")
 
@@ -89,7 +91,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.eval_exact_match = False
 
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 0  # besides every epoch end; 0 = epoch ends only
+    # What the epochs kept for selection (keep_epochs_from..keep_epochs_to) store:
+    # 'snapshot': their parameters only, in snapshot_dtype (WORKDIR/snapshots/<step>); the full train
+    #   state (parameters, optimizer state, data iterator) is saved at every_steps, on SIGTERM and
+    #   at the run's end, and only the latest is kept;
+    # 'full_state': the full train state at every epoch end (the kept epochs and the latest stay).
+    c.checkpoint.selection = "snapshot"
+    c.checkpoint.snapshot_dtype = "bfloat16"  # bfloat16 | float32
+    c.checkpoint.every_steps = 0  # also save the full train state every N steps; 0 = off
     c.checkpoint.keep_epochs_from = 5  # LIMA picks between epochs 5 and 10
     c.checkpoint.keep_epochs_to = 10
     c.checkpoint.async_save = True
@@ -100,6 +109,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.compile_only = False  # compile the step (for `topology`, if set), report memory, exit
     c.topology = ""  # a TPU slice such as v5p-128 for an ahead-of-time compile on this machine
+    # The plan check's run-time model (lima_jax/train/run_estimate.py): the step time at this model
+    # FLOPs utilisation, and the aggregate storage bandwidth in GB/s that checkpoints, the starting
+    # weights and the export are written or read at.
+    c.plan = ml_collections.ConfigDict()
+    c.plan.mfu = 0.5
+    c.plan.storage_gbps = 10.0
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.initialize = "auto"  # auto | yes | no (auto: when the environment says so)
@@ -153,6 +168,10 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = the whole run)")
     _check(t.log_every >= 1, "train.log_every", "must be >= 1")
     _check(c.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+    _check(c.checkpoint.selection in CHECKPOINT_SELECTION, "checkpoint.selection",
+           f"{c.checkpoint.selection!r} is not one of {CHECKPOINT_SELECTION}")
+    _check(c.checkpoint.snapshot_dtype in SNAPSHOT_DTYPES, "checkpoint.snapshot_dtype",
+           f"{c.checkpoint.snapshot_dtype!r} is not one of {SNAPSHOT_DTYPES}")
     _check(c.checkpoint.keep_epochs_from <= c.checkpoint.keep_epochs_to, "checkpoint.keep_epochs_from",
            "must be <= checkpoint.keep_epochs_to")
     for axis in MESH_AXES:
@@ -160,6 +179,11 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _check(sum(c.mesh[axis] == -1 for axis in MESH_AXES) <= 1, "mesh", "only one axis may be -1")
     _check(c.distributed.initialize in ("auto", "yes", "no"), "distributed.initialize",
            "must be auto, yes or no")
+    for key in ("mfu", "storage_gbps"):
+        _check(isinstance(c.plan[key], (int, float)) and not isinstance(c.plan[key], bool),
+               f"plan.{key}", f"must be a number, got {c.plan[key]!r}")
+    _check(0 < c.plan.mfu <= 1, "plan.mfu", f"must be in (0, 1], got {c.plan.mfu}")
+    _check(c.plan.storage_gbps > 0, "plan.storage_gbps", f"must be > 0 (GB/s), got {c.plan.storage_gbps}")
     if c.compile_only:
         return  # an ahead-of-time compile needs shapes, not data nor a tokenizer
     use_model_tokenizer(c)

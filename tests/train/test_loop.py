@@ -219,6 +219,10 @@ def test_chosen_epochs_are_bfloat16_parameter_snapshots_and_only_the_latest_full
         assert model.embedding[...].dtype == np.dtype("bfloat16")
         assert tokenizer.vocab_size == model.config.vocab_size
     assert epoch_checkpoint(run, 3) == run / "checkpoints" / str(3 * per_epoch)
+    from lima_jax.convert import lima_to_hf  # an export straight from a snapshot
+
+    exported = lima_to_hf(str(epoch_checkpoint(run, 2)), str(tmp_path / "export"))
+    assert (exported / "model.safetensors").is_file() and (exported / "tokenizer.model").is_file()
 
 
 def _train_command(workdir, data_dir, *extra):

@@ -83,7 +83,8 @@ def test_decoding_from_a_workdir_passes_over_a_checkpoint_that_does_not_restore(
     with caplog.at_level(logging.WARNING, logger="lima_jax.checkpoint"):
         model, tokenizer = load_for_decoding(ckpt=str(run))
     assert f"{run}: checkpoint step 9 does not restore" in caplog.text
-    epoch_1, _ = load_for_decoding(ckpt=str(run / "checkpoints" / "7"))
+    # The newest that restores is epoch 1's selection snapshot (parameters only, in bfloat16).
+    epoch_1, _ = load_for_decoding(ckpt=str(run / "snapshots" / "7"))
     for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(epoch_1, nnx.Param))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert tokenizer.vocab_size == model.config.vocab_size

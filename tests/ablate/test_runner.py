@@ -197,3 +197,18 @@ def test_real_configs_build_their_subsets(shared_data, tmp_path, monkeypatch, na
         ids = [_ids(path) for path, _ in subsets.values()]
         assert all(len(small) == n and small < large
                    for small, large, n in zip(ids, ids[1:], (1000, 2000, 4000)))
+
+
+def test_a_cell_decodes_an_epoch_from_its_snapshot(tmp_path):
+    """decode.epoch > 0: the epoch's parameter snapshot (checkpoint.selection's default), else its full
+    state (checkpoint.selection=full_state); the runner names an epoch that kept neither."""
+    from lima_jax.ablate.runner import AblationError, _checkpoint_for
+
+    (tmp_path / "epochs.json").write_text(json.dumps({"epoch_end_steps": [7, 14, 21]}))
+    (tmp_path / "snapshots" / "7").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "14").mkdir(parents=True)
+    assert _checkpoint_for(tmp_path, 1) == tmp_path / "snapshots" / "7"
+    assert _checkpoint_for(tmp_path, 2) == tmp_path / "checkpoints" / "14"
+    assert _checkpoint_for(tmp_path, 0) == tmp_path  # the workdir: its newest step
+    with pytest.raises(AblationError, match="epoch 3's checkpoint was not kept"):
+        _checkpoint_for(tmp_path, 3)

@@ -4,6 +4,7 @@ prompts, every answer is graded, and the best epoch is named."""
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
@@ -29,6 +30,9 @@ def test_select_grades_each_kept_epoch_and_names_the_best(tmp_path, capsys):
     assert result["missing_epochs"] == [1]  # epoch 1 was not kept
     assert [r["epoch"] for r in result["epochs"]] == [2, 3]
     assert [r["step"] for r in result["epochs"]] == ends[1:]
+    # Epochs 2 and 3 were kept as parameter snapshots (checkpoint.selection's default); 3 is also the
+    # final full state, and the snapshot is taken first.
+    assert all(pathlib.Path(r["checkpoint"]).parent.name == "snapshots" for r in result["epochs"])
     assert all(r["prompts"] == 32 for r in result["epochs"])
     best = max(result["epochs"], key=lambda r: r["mean"])
     assert result["best"]["epoch"] == best["epoch"]

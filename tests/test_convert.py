@@ -219,6 +219,11 @@ def test_hf_to_lima_keeps_every_tokenizer_file_and_lima_to_hf_registers_a_new_eo
     _assert_token_ids(export, bos_token_id=1, eos_token_id=[400, 2], pad_token_id=0, unk_token_id=0)
     assert _greedy_after_rigging(export, 400, tok.encode("Hi")) == [400]  # stops at the end of turn
     assert _greedy_after_rigging(export, 2, tok.encode("Hi")) == [2]  # and at EOS
+    # Read back (decode --hf, or init_from for more training): its <EOT> is the end of turn, no new row.
+    from lima_jax.decode.load import load_for_decoding
+
+    model, back = load_for_decoding(hf=str(export), add_eot=True)
+    assert (back.eot, back.eot_id, model.config.vocab_size) == (EOT_PIECE, 400, 401)
     # Without the EOT the model's end is EOS alone, and the tokenizer files come unchanged.
     assert convert.main(["hf-to-lima", "--hf", str(chatml_hf), "--out", str(ckpt)]) == 0
     assert convert.main(["lima-to-hf", "--ckpt", str(ckpt), "--out", str(export)]) == 0

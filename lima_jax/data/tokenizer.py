@@ -9,7 +9,8 @@ All of those files travel with the tokenizer (`files`): into every training chec
 export, so a checkpoint never needs the original directory again.
 
 End of turn (``eot``): ``new`` appends LIMA's EOT as a new id equal to the tokenizer's size (and the
-model grows one row); any other value is the text of a token already in the vocabulary
+model grows one row), unless the vocabulary already holds ``<EOT>`` (an export of a lima_jax run,
+read back), which is then reused; any other value is the text of a token already in the vocabulary
 (``<|eot_id|>``, ``<|im_end|>``, ``</s>``), reused with no new row. The embedding table is padded up
 to a multiple of 128 so the vocabulary axis shards evenly; ids between ``vocab_size`` and
 ``padded_vocab_size`` are never produced.
@@ -148,6 +149,10 @@ class Tokenizer:
 
     def _set_eot(self, eot: str, where: str) -> None:
         eot = eot or NEW_EOT
+        if eot == NEW_EOT and self._backend.piece_to_id(EOT_PIECE) is not None:
+            # The vocabulary already holds LIMA's EOT (a lima_jax export read back): that token is
+            # the end of turn the model was trained with, not a second, untrained one.
+            eot = EOT_PIECE
         if eot == NEW_EOT:
             self.eot_id, self.vocab_size = self.base_vocab_size, self.base_vocab_size + 1
         else:

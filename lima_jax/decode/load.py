@@ -121,6 +121,8 @@ def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokeniz
         if not (path / HF_CONFIG_FILE).is_file():
             raise LoadError(f"--hf {path}: no {HF_CONFIG_FILE}; expected a Hugging Face LLaMA directory")
         tok = _tokenizer(tok_path, path)
+        # An export of a lima_jax run already holds its EOT (`Tokenizer`): no second one is appended.
+        add_eot = add_eot and tok.eot_is_new
         param_dtype = dtype or "float32"
         config = load_hf_config(path, param_dtype=param_dtype, dtype=param_dtype)
         if add_eot:

@@ -11,7 +11,6 @@ import pathlib
 import pytest
 
 from lima_jax.data import tokenizer_export
-from lima_jax.data.errors import DataError
 from lima_jax.data.tokenizer import EOT_PIECE, Tokenizer
 from lima_jax.data.tokenizer_export import export_tokenizer, hf_token_ids
 from tests.helpers.tokenizer_fixtures import byte_bpe_dir, llama3_json_dir
@@ -166,16 +165,18 @@ def test_llama3_tokenizer_json_with_a_new_eot(tmp_path, shared_data, llama3):
     assert_eot(hf, tok)
 
 
-def test_eot_text_already_in_the_vocabulary_is_refused(tmp_path):
+def test_a_vocabulary_that_holds_eot_already_reuses_it(tmp_path):
+    """A lima_jax export read back: its <EOT> is the end of turn the model learned, so 'new' reuses
+    it instead of appending a second, untrained one."""
     src = byte_bpe_dir(tmp_path / "src", "chatml")
     raw = json.loads((src / "tokenizer.json").read_text())
     raw["added_tokens"].append({"id": 400, "content": EOT_PIECE, "single_word": False, "lstrip": False,
                                 "rstrip": False, "normalized": False, "special": True})
     (src / "tokenizer.json").write_text(json.dumps(raw))
-    with pytest.raises(DataError, match="already a token of the vocabulary"):
-        export_tokenizer(Tokenizer.load(src), tmp_path / "out")
-    assert not (tmp_path / "out" / "tokenizer_config.json").exists()
-    export_tokenizer(Tokenizer.load(src, eot=EOT_PIECE), tmp_path / "out")  # reused: fine
+    tok = Tokenizer.load(src)
+    assert (tok.eot, tok.eot_id, tok.vocab_size) == (EOT_PIECE, 400, tok.base_vocab_size)
+    export_tokenizer(tok, tmp_path / "out")
+    assert Tokenizer.load(tmp_path / "out").eot_id == 400
 
 
 def test_an_earlier_exports_tokenizer_files_are_replaced(tmp_path, chatml, shared_data):

@@ -84,8 +84,16 @@ def load_hf_config(hf_dir: str | os.PathLike, **overrides) -> LlamaConfig:
         raise ConfigError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
 
     model_type = raw.get("model_type")
-    if model_type != "llama":
-        raise _config_error(path, "model_type", f"{model_type!r} is not 'llama'")
+    if model_type not in ("llama", "mistral"):
+        raise _config_error(path, "model_type", f"{model_type!r} is not 'llama' (or 'mistral' without a "
+                                                "sliding window)")
+    # Mistral is LLaMA plus sliding-window attention; without the window (Mistral 7B v0.2/v0.3 and
+    # their fine-tunes: null, or a window as long as the context) the two are the same network.
+    window = raw.get("sliding_window") if model_type == "mistral" else None
+    if window and int(window) < int(raw.get("max_position_embeddings", 2048)):
+        raise _config_error(path, "sliding_window", f"{window} is shorter than the context "
+                                                    f"({raw.get('max_position_embeddings')}): sliding-window "
+                                                    "attention is not supported")
     for field in ("attention_bias", "mlp_bias"):
         if raw.get(field):
             raise _config_error(path, field, "biases are not part of the LLaMA architecture here")

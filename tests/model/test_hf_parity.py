@@ -141,7 +141,7 @@ def _edit_config(directory, **changes):
 @pytest.mark.parametrize(
     "changes, field",
     [
-        (dict(model_type="mistral"), "model_type"),
+        (dict(model_type="qwen2"), "model_type"),
         (dict(attention_bias=True), "attention_bias"),
         (dict(mlp_bias=True), "mlp_bias"),
         (dict(hidden_act="gelu"), "hidden_act"),
@@ -223,3 +223,35 @@ def test_stories260k_export_generates_exactly_as_before(stories, tmp_path):
     np.testing.assert_array_equal(hf_logits(back, tokens), hf_logits(hf_model, tokens))
     prompt = [1, 403, 407, 261, 378]
     assert hf_greedy(back, prompt, 64) == hf_greedy(hf_model, prompt, 64)
+
+
+def test_a_mistral_checkpoint_without_a_sliding_window_is_a_llama(tmp_path):
+    """Mistral 7B v0.2/v0.3-style directories (model_type 'mistral', sliding_window null) read as
+    LLaMA and give transformers' MistralForCausalLM logits; a real window is refused, named."""
+    import json
+
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from lima_jax.model.config import ConfigError
+
+    config = MistralConfig(vocab_size=200, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           sliding_window=None, tie_word_embeddings=False, rope_theta=1e6)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf_model = MistralForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in hf_model.named_parameters():
+            param.copy_((1.0 + 0.2 * torch.randn_like(param)) if name.endswith("norm.weight")
+                        else torch.randn_like(param) / np.sqrt(param.shape[-1]))
+    hf_model.save_pretrained(tmp_path)
+    diff = np.abs(forward(from_hf(tmp_path), TOKENS)[..., :200] - hf_logits(hf_model, TOKENS)).max()
+    print(f"parity [mistral, no sliding window]: max abs logit difference {diff:.2e}")
+    assert diff <= 1e-4
+
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw["sliding_window"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="sliding_window.*64 is shorter than the context"):
+        from_hf(tmp_path)

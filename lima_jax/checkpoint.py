@@ -416,15 +416,12 @@ class TrainCheckpointer:
         )
         self.directory = pathlib.Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
-        self.bytes_written = 0  # what this run's saves wrote (`_measure`)
-        self._unmeasured: int | None = None
+        self._written = _WrittenBytes(self.manager, self.directory)
 
-    def _measure(self) -> None:
-        """Adds the size of the last save once it has finished, before a newer save can delete it."""
-        if self._unmeasured is not None:
-            self.manager.wait_until_finished()
-            self.bytes_written += _directory_bytes(self.directory / str(self._unmeasured))
-            self._unmeasured = None
+    @property
+    def bytes_written(self) -> int:
+        """What this checkpointer's saves wrote (the last one counted once it has finished)."""
+        return self._written.total
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -465,7 +462,7 @@ class TrainCheckpointer:
 
     def save(self, step: int, state: dict, data_state: dict, meta: dict) -> None:
         """Starts saving (asynchronously when configured); returns once the arrays are copied."""
-        self._measure()
+        self._written.count_last()
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -475,7 +472,7 @@ class TrainCheckpointer:
             ),
             force=True,
         )
-        self._unmeasured = step
+        self._written.last = step
 
     def restore(self, step: int, abstract_state: dict) -> tuple[dict, dict, dict]:
         """(state, data_state, meta) of `step`; `abstract_state` holds ShapeDtypeStructs
@@ -508,16 +505,29 @@ class TrainCheckpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self._measure()
+        self._written.count_last()
         self.manager.wait_until_finished()
         self.manager.close()
 
 
+class _WrittenBytes:
+    """The bytes an orbax manager's saves wrote: each save's directory is measured once it has
+    finished (the manager waits), before a newer save's preservation policy could delete it."""
+
+    def __init__(self, manager, directory: pathlib.Path):
+        self.manager, self.directory = manager, directory
+        self.total = 0
+        self.last: int | None = None  # the step saved last and not yet counted
+
+    def count_last(self) -> None:
+        if self.last is not None:
+            self.manager.wait_until_finished()
+            step_dir = self.directory / str(self.last)
+            self.total += sum(f.stat().st_size for f in step_dir.rglob("*") if f.is_file())
+            self.last = None
+
+
 # --------------------------------------------------------------------------- selection snapshots
-
-
-def _directory_bytes(path: pathlib.Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
 class SnapshotWriter:
@@ -531,33 +541,26 @@ class SnapshotWriter:
         options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True)
         self.directory = pathlib.Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
-        self.bytes_written = 0
-        self._unmeasured: int | None = None
+        self._written = _WrittenBytes(self.manager, self.directory)
 
-    def steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
-    def _measure(self) -> None:
-        """Adds the size of the last save, once it has finished."""
-        if self._unmeasured is not None:
-            self.manager.wait_until_finished()
-            self.bytes_written += _directory_bytes(self.directory / str(self._unmeasured))
-            self._unmeasured = None
+    @property
+    def bytes_written(self) -> int:
+        return self._written.total
 
     def save(self, step: int, params: dict, meta: dict, dtype: str) -> bool:
         """Starts saving `params` (a pure dict) cast to `dtype`; False when `step` is already
         there (a resumed run passing an epoch end it had saved: the same parameters)."""
         if step in self.manager.all_steps():
             return False
-        self._measure()
+        self._written.count_last()
         cast = jax.tree.map(lambda x: x.astype(dtype), params)
         self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(cast),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
-        self._unmeasured = step
+        self._written.last = step
         return True
 
     def close(self) -> None:
-        self._measure()
+        self._written.count_last()
         self.manager.wait_until_finished()
         self.manager.close()
 

@@ -243,17 +243,23 @@ def template_end_of_turn(tokenizer: Tokenizer) -> str:
                     "the assistant's turn, so a model learns to stop", "chat_template")
 
 
-def chat_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
-    """``tokenizer`` with the chat template's end of turn as its EOT: switched when its EOT is ``new``;
-    a DataError on ``config.data.eot`` when it is another token."""
+def chat_end_of_turn(tokenizer: Tokenizer, policy: str = "auto") -> str:
+    """The chat template's end of turn under the run's ``config.data.eot`` policy: ``auto`` (or '')
+    takes it, its own text is accepted, any other token is a DataError naming the key (the
+    template writes its own end of turn, so a chat run cannot end turns with another)."""
     own = template_end_of_turn(tokenizer)
-    if tokenizer.eot_is_new:
-        return tokenizer.with_eot(own)
-    if tokenizer.eot_id != tokenizer.piece_to_id(own):
-        raise DataError("config.data.eot", f"{tokenizer.eot!r} is not the end of turn of the chat template "
+    if policy not in ("auto", "", own):
+        raise DataError("config.data.eot", f"{policy!r} is not the end of turn of the chat template "
                         f"({own!r} in {template_location(tokenizer)})",
                         f"leave it at auto or set it to {own!r}", "config")
-    return tokenizer
+    return own
+
+
+def chat_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer`` with the chat template's end of turn as its EOT: switched when its EOT is ``new``;
+    a DataError on ``config.data.eot`` when it is another token (`chat_end_of_turn`)."""
+    own = chat_end_of_turn(tokenizer, "auto" if tokenizer.eot_is_new else tokenizer.eot)
+    return tokenizer if own == tokenizer.eot else tokenizer.with_eot(own)
 
 
 # ------------------------------------------------------------------------------ encoding

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from lima_jax.data.errors import DataError
+from lima_jax.data.chat_template import CHAT, chat_end_of_turn
 from lima_jax.data.tokenizer import NEW_EOT, Tokenizer
 
 AUTO = "auto"
@@ -20,16 +20,9 @@ AUTO = "auto"
 
 def eot_for(policy: str, template: str, tokenizer: Tokenizer) -> str:
     """The end-of-turn the run uses: ``new`` or a token's text (see the module docstring)."""
-    if template != "chat":
+    if template != CHAT:
         return NEW_EOT if policy in (AUTO, "") else policy
-    from lima_jax.data.chat_template import template_end_of_turn
-
-    own = template_end_of_turn(tokenizer)
-    if policy not in (AUTO, "", own):
-        raise DataError("config.data.eot", f"{policy!r} is not the end of turn of the chat template "
-                        f"({own!r} in {tokenizer.path or 'the tokenizer'})",
-                        f"leave it at auto or set it to {own!r}", "config")
-    return own
+    return chat_end_of_turn(tokenizer, policy)
 
 
 def apply_eot_policy(tokenizer: Tokenizer, policy: str, template: str) -> Tokenizer:

@@ -32,6 +32,8 @@ import sentencepiece as spm
 
 from lima_jax.data.errors import DataError
 from lima_jax.data.tokenizer_backends import (
+    TOKENIZER_JSON_NAME,
+    TOKENIZER_MODEL_NAME,
     SentencePieceBackend,
     TiktokenBackend,
     TokenizersBackend,
@@ -42,7 +44,7 @@ EOT_PIECE = "<EOT>"
 NEW_EOT = "new"
 # Embedding tables are padded to this multiple so the vocab axis shards evenly.
 VOCAB_MULTIPLE = 128
-TOKENIZER_JSON, TOKENIZER_MODEL = "tokenizer.json", "tokenizer.model"
+TOKENIZER_JSON, TOKENIZER_MODEL = TOKENIZER_JSON_NAME, TOKENIZER_MODEL_NAME
 TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, CHAT_TEMPLATE_FILE = (
     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 # The files a tokenizer is made of, as a Hugging Face directory names them.
@@ -112,7 +114,8 @@ class Tokenizer:
         when new).
       vocab_size: true vocabulary size, base_vocab_size + 1 when the EOT is new.
       padded_vocab_size: vocab_size rounded up to a multiple of 128.
-      bos_id (None when the tokenizer has no BOS), eos_id: the tokenizer's own.
+      bos_id (None when the tokenizer has no BOS), eos_id, unk_id (None when it has none): the
+        tokenizer's own.
       pad_id: the id written into padding positions. Padding never carries loss (masks are
         explicit), yet it is kept apart from EOS and the end of turn so that no tool that masks
         by pad id could drop them: the configured pad token, else <unk>, else another special
@@ -139,7 +142,7 @@ class Tokenizer:
         backend = self._backend
         self.kind = backend.kind
         self.base_vocab_size = backend.size
-        self.bos_id, self.eos_id = backend.bos_id, backend.eos_id
+        self.bos_id, self.eos_id, self.unk_id = backend.bos_id, backend.eos_id, backend.unk_id
         if self.eos_id is None:
             raise DataError(where, "the tokenizer names no EOS token",
                             "set eos_token in tokenizer_config.json (SentencePiece: train it with eos_id)",
@@ -173,7 +176,7 @@ class Tokenizer:
         # A special token meant for padding (Llama 3's <|finetune_right_pad_id|>) before any other.
         others = sorted((("pad" not in name), i) for name, i in self.special_tokens.items() if i not in avoid)
         others = [i for _, i in others]
-        for candidate in (self._backend.pad_id, self._backend.unk_id, *others[:1], 0):
+        for candidate in (self._backend.pad_id, self.unk_id, *others[:1], 0):
             if candidate is not None and candidate not in avoid:
                 return candidate
         return 0
@@ -222,11 +225,6 @@ class Tokenizer:
         if "proto" in state:
             state = {"files": {TOKENIZER_MODEL: state["proto"]}, "path": state["path"], "eot": NEW_EOT}
         self.__init__(state["files"], state["path"], eot=state["eot"])
-
-    @property
-    def model_proto(self) -> bytes:
-        """The main tokenizer file's bytes (tokenizer.json or tokenizer.model)."""
-        return self.files.get(TOKENIZER_JSON) or self.files[TOKENIZER_MODEL]
 
     @property
     def eot_is_new(self) -> bool:

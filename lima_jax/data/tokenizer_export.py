@@ -72,11 +72,6 @@ def _special_entry(content: str) -> dict:
             "normalized": False, "special": True}
 
 
-def unk_id(tok: Tokenizer) -> int | None:
-    """The tokenizer's unknown token id, None when it has none (Llama 3 has none)."""
-    return getattr(tok._backend, "unk_id", None)
-
-
 def export_eos_token_ids(tok: Tokenizer, *, with_eot: bool = True) -> list[int]:
     """The ids an export's ``eos_token_id`` names, the end of turn first: ``[eot, eos]``, or one id
     when they are the same (or with_eot=False: a model without an end-of-turn token)."""
@@ -94,8 +89,8 @@ def hf_token_ids(tok: Tokenizer, *, with_eot: bool = True) -> dict:
     eos = export_eos_token_ids(tok, with_eot=with_eot)
     ids = {"bos_token_id": tok.bos_id, "eos_token_id": eos[0] if len(eos) == 1 else eos,
            "pad_token_id": tok.pad_id}
-    if unk_id(tok) is not None:
-        ids["unk_token_id"] = unk_id(tok)
+    if tok.unk_id is not None:
+        ids["unk_token_id"] = tok.unk_id
     return ids
 
 
@@ -110,7 +105,7 @@ def _token_config(tok: Tokenizer, *, name_specials: bool, add_bos: bool) -> dict
     config = json.loads(tok.files[TOKENIZER_CONFIG]) if TOKENIZER_CONFIG in tok.files else {}
     config["tokenizer_class"] = HF_TOKENIZER_CLASS
     if name_specials:
-        for key, token_id in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id), ("unk_token", unk_id(tok)),
+        for key, token_id in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id), ("unk_token", tok.unk_id),
                               ("pad_token", tok.pad_id)):
             if token_id is not None and not config.get(key):  # special_tokens_map.json's, else the model's
                 config[key] = tok.config.get(key) or tok.id_to_piece(token_id)
@@ -127,13 +122,6 @@ def _added_tokens_decoder(config: dict, added: dict[int, str]) -> dict:
     for token_id, content in sorted(added.items()):
         decoder.setdefault(str(token_id), _special_entry(content))
     return decoder
-
-
-def _check_new_eot(tok: Tokenizer) -> None:
-    """``<EOT>``, the new end of turn's text, must be no token of the vocabulary already."""
-    if tok._backend.piece_to_id(EOT_PIECE) is not None:
-        raise DataError(tok.path or "tokenizer", f"{EOT_PIECE} is already a token of the vocabulary, so it cannot "
-                        "be registered as the new end of turn", "reuse it: set config.data.eot to it", "tokenizer")
 
 
 def _tokenizer_json_with_eot(tok: Tokenizer) -> bytes:
@@ -179,9 +167,8 @@ def export_files(tok: Tokenizer, *, with_eot: bool = True) -> dict[str, bytes]:
     """The tokenizer files of an export, {name: bytes} (names relative to the model directory);
     nothing is written. with_eot=False: the model has no end-of-turn token, so a new EOT is not
     registered (a reused one is a token of the files anyway)."""
+    # A vocabulary holding <EOT> already never has a new one (`Tokenizer` reuses it).
     new_eot = with_eot and tok.eot_is_new
-    if new_eot:
-        _check_new_eot(tok)
     eot = {tok.eot_id: EOT_PIECE} if new_eot else {}
     files = {name: data for name, data in tok.files.items() if name in (SPECIAL_TOKENS_MAP, CHAT_TEMPLATE_FILE)}
     specials = {i: text for text, i in sorted(tok.special_tokens.items(), key=lambda item: item[1])}

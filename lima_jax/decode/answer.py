@@ -47,9 +47,9 @@ def tokenizer_for_template(tokenizer: Tokenizer, template: str) -> Tokenizer:
     switched to the chat template's own end of turn (`lima_jax.data.chat_template`); any other
     is returned as it is."""
     if template == CHAT and tokenizer.eot_is_new:
-        from lima_jax.data.chat_template import template_end_of_turn
+        from lima_jax.data.chat_template import chat_tokenizer
 
-        return tokenizer.with_eot(template_end_of_turn(tokenizer))
+        return chat_tokenizer(tokenizer)
     return tokenizer
 
 

@@ -31,7 +31,7 @@ from lima_jax.chips import chip, hbm_gib
 from lima_jax.errors import LimaError
 from lima_jax.model.presets import get_preset
 from lima_jax.train import run_estimate as run_model
-from lima_jax.train.config import RunConfigError, model_config_overrides, total_flops_per_token
+from lima_jax.train.config import RunConfigError, model_config_overrides, total_flops_per_token, use_model_tokenizer
 from lima_jax.train.step import compile_train_step
 
 # generation -> (libtpu name prefix, chip config, TensorCores per chip, 3-D torus)
@@ -335,21 +335,21 @@ def data_steps_per_epoch(config: ml_collections.ConfigDict) -> tuple[list[int] |
     packed or not, as `count_steps` plans it), or (None, why not) when the data or the tokenizer
     cannot be read."""
     from lima_jax.data.pipeline import plan_from_config, prepare_examples
-    from lima_jax.data.tokenizer import tokenizer_file_in
 
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    if not data.path:
+    if not config.data.path:
         return None, "no data.path"
-    if data.path.startswith("generated:"):
-        return None, f"data.path {data.path} is written by the run itself"
+    if config.data.path.startswith("generated:"):
+        return None, f"data.path {config.data.path} is written by the run itself"
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    try:
+        use_model_tokenizer(resolved)  # data.tokenizer '' -> model.init_from's, as a run takes it
+    except LimaError as err:
+        return None, str(err)
+    data = resolved.data
     if not data.tokenizer:
         if data.train_tokenizer.vocab_size > 0:
             return None, "data.train_tokenizer: the plan check does not train a tokenizer"
-        init_from = config.model.init_from
-        if not init_from or tokenizer_file_in(init_from) is None:
-            return None, ("data.tokenizer is '' and model.init_from "
-                          + (f"{init_from} has no tokenizer" if init_from else "is not set"))
-        data.tokenizer = str(init_from)
+        return None, "data.tokenizer is '' and model.init_from is not set"
     data.worker_count = 0
     try:
         _, examples, _ = prepare_examples(data)

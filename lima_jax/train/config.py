@@ -20,9 +20,10 @@ from lima_jax.errors import LimaError
 from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
 from lima_jax.model.presets import PRESETS
 from lima_jax.sharding import DEFAULT_RULES, MESH_AXES, ShardingError, batch_axes, make_mesh
+from lima_jax.train.run_estimate import POLICIES as CHECKPOINT_POLICIES
 
 WEIGHT_DECAY_MASKS = ("all", "matrices", "matrices_no_embeddings")
-CHECKPOINT_SELECTION = ("snapshot", "full_state")
+CHECKPOINT_SELECTION = CHECKPOINT_POLICIES  # lima_jax.train.run_estimate models both
 SNAPSHOT_DTYPES = ("bfloat16", "float32")
 # Shape fields a config may change on top of its preset (0 = the preset's value).
 MODEL_SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim", "max_seq_len")

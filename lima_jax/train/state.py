@@ -151,12 +151,12 @@ def initial_params(config: ml_collections.ConfigDict, model_config: LlamaConfig,
 def _loaded_params(config: ml_collections.ConfigDict, model_config: LlamaConfig, param_shardings):
     path = pathlib.Path(config.model.init_from)
     dtype = model_config.param_dtype
-    add_eot = model_config.eot_token_id is not None and model_config.eot_token_id >= 0 and (
-        model_config.vocab_size > _stored_vocab(path))
-    if _init_from_kind(path) == HF:
+    hf = _init_from_kind(path) == HF
+    stored = load_hf_config(path) if hf else load_model_config(path)
+    add_eot = model_config.vocab_size > stored.vocab_size  # a new EOT the checkpoint lacks
+    if hf:
         model = from_hf(path, dtype=dtype, add_eot=add_eot, shardings=param_shardings)
         return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    stored = load_model_config(path)
     if not add_eot:
         model = load_model(path, shardings=param_shardings, param_dtype=dtype)
         return nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -169,7 +169,3 @@ def _loaded_params(config: ml_collections.ConfigDict, model_config: LlamaConfig,
         head = append_vocab_rows(host["lm_head"][:, :v_old].T, v_old, v_new - v_old, padded)
         host["lm_head"] = np.ascontiguousarray(head.T)
     return jax.tree.map(lambda x, s: jax.device_put(x, s), host, param_shardings)
-
-
-def _stored_vocab(path: pathlib.Path) -> int:
-    return (load_hf_config(path) if _init_from_kind(path) == HF else load_model_config(path)).vocab_size

@@ -376,16 +376,21 @@ def load_train_model(step_dir: str | os.PathLike, config: LlamaConfig, *, shardi
     meta's `model_config`, numerics such as dtype possibly changed). Only the parameters are
     read (an orbax partial restore): the optimizer state stays on disk. `shardings` as in
     `load_model`."""
-    step_dir = pathlib.Path(step_dir).absolute()
     graphdef, abstract_state = nnx.split(abstract_model(config))
     pure = nnx.to_pure_dict(abstract_state)
+    nnx.replace_by_pure_dict(abstract_state, read_train_params(step_dir, pure, _sharding_pure(pure, shardings)))
+    return nnx.merge(graphdef, abstract_state)
+
+
+def read_train_params(step_dir: str | os.PathLike, abstract_params: dict, shardings: dict) -> dict:
+    """The parameters (a pure dict shaped like `abstract_params`, placed in `shardings`) of a
+    training step directory; a LoRA run's hold its adapters only."""
+    step_dir = pathlib.Path(step_dir).absolute()
     checkpointer = TrainCheckpointer(step_dir.parent, async_save=False)
     try:
-        params = checkpointer.restore_params(int(step_dir.name), pure, _sharding_pure(pure, shardings))
+        return checkpointer.restore_params(int(step_dir.name), abstract_params, shardings)
     finally:
         checkpointer.close()
-    nnx.replace_by_pure_dict(abstract_state, params)
-    return nnx.merge(graphdef, abstract_state)
 
 
 # --------------------------------------------------------------------------- train states
@@ -579,15 +584,19 @@ def read_snapshot_meta(step_dir: str | os.PathLike) -> dict:
 def load_snapshot_model(step_dir: str | os.PathLike, config: LlamaConfig, *, shardings=None) -> Llama:
     """The model of a snapshot directory with `config` (its meta's `model_config`, numerics
     such as the compute dtype possibly changed); `shardings` as in `load_model`."""
-    step_dir = pathlib.Path(step_dir).absolute()
     graphdef, abstract_state = nnx.split(abstract_model(config))
     pure = nnx.to_pure_dict(abstract_state)
-    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), _sharding_pure(pure, shardings))
+    nnx.replace_by_pure_dict(abstract_state, read_snapshot_params(step_dir, pure, _sharding_pure(pure, shardings)))
+    return nnx.merge(graphdef, abstract_state)
+
+
+def read_snapshot_params(step_dir: str | os.PathLike, abstract_params: dict, shardings: dict) -> dict:
+    """A snapshot's parameters (as `read_train_params`)."""
+    step_dir = pathlib.Path(step_dir).absolute()
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), shardings)
     manager = ocp.CheckpointManager(step_dir.parent, options=ocp.CheckpointManagerOptions(create=False))
     try:
-        params = manager.restore(int(step_dir.name), args=ocp.args.Composite(
-            params=ocp.args.PyTreeRestore(item=pure, restore_args=restore_args)))["params"]
+        return manager.restore(int(step_dir.name), args=ocp.args.Composite(
+            params=ocp.args.PyTreeRestore(item=abstract_params, restore_args=restore_args)))["params"]
     finally:
         manager.close()
-    nnx.replace_by_pure_dict(abstract_state, params)
-    return nnx.merge(graphdef, abstract_state)

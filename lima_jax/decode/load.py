@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
 from flax import nnx
 
 from lima_jax import sharding as sharding_lib
@@ -38,13 +39,16 @@ from lima_jax.checkpoint import (
     model_tokenizer,
     newest_that_restores,
     read_snapshot_meta,
+    read_snapshot_params,
     read_train_meta,
+    read_train_params,
     restore_problem,
     saved_steps,
 )
 from lima_jax.data.tokenizer import Tokenizer, tokenizer_file_in
 from lima_jax.errors import LimaError
 from lima_jax.model import LlamaConfig, abstract_model, from_hf, load_hf_config
+from lima_jax.model import lora as lora_lib
 from lima_jax.model.llama import Llama
 
 
@@ -66,10 +70,31 @@ def _load_train_checkpoint(step_dir: pathlib.Path, mesh, dtype: str | None) -> t
     config = LlamaConfig.from_dict(meta["model_config"])
     if dtype:
         config = config.replace(dtype=dtype)
-    load = load_snapshot_model if snapshot else load_train_model
-    model = load(step_dir, config, shardings=_param_shardings(config, mesh))
+    if config.lora is not None:
+        model = _load_lora(step_dir, snapshot, meta, config, mesh)
+    else:
+        load = load_snapshot_model if snapshot else load_train_model
+        model = load(step_dir, config, shardings=_param_shardings(config, mesh))
     check_finite(nnx.state(model, nnx.Param))
     return model, Tokenizer.from_meta(meta)
+
+
+def _load_lora(step_dir: pathlib.Path, snapshot: bool, meta: dict, config: LlamaConfig, mesh) -> Llama:
+    """A LoRA run's checkpoint (its adapters) on its frozen base, read again from the run's
+    model.init_from, merged into a plain model (`lima_jax.model.lora.merge`)."""
+    from lima_jax.train.base_weights import lora_base_params
+
+    shardings = _param_shardings(config, mesh)
+    pure_shardings = None if shardings is None else nnx.to_pure_dict(shardings)
+    adapters_abstract = lora_lib.trainable(nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param)))
+    base = lora_base_params(meta, config, pure_shardings)
+    adapter_shardings = jax.tree.map(lambda x: x.sharding, lora_lib.trainable(base))
+    read = read_snapshot_params if snapshot else read_train_params
+    adapters = read(step_dir, adapters_abstract, adapter_shardings)
+    plain, plain_config = lora_lib.merge(lora_lib.join(adapters, lora_lib.split_trainable(base)[1]), config)
+    graphdef, state = nnx.split(abstract_model(plain_config))
+    nnx.replace_by_pure_dict(state, plain)
+    return nnx.merge(graphdef, state)
 
 
 def _load_step(step_dir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:

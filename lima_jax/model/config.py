@@ -21,6 +21,57 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "pallas", "cudnn")  # see model/atte
 # "dots_no_batch" keeps only matmul outputs without batch dimensions (weights-like).
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+# LoRA (lima_jax.model.lora): the projections an adapter may target, and how the frozen base is
+# stored ('' = model.param_dtype; int8, int4 and nf4 are quantized by qwix).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_BASE_DTYPES = ("", "bfloat16", "int8", "int4", "nf4")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+    """Low-rank adapters on a frozen base (`config.lora` of a run; README "LoRA and QLoRA").
+
+    rank R of every adapter, `alpha` (updates scale by alpha / R, as PEFT's), dropout on each
+    adapter's input, the projections adapted (`LORA_TARGETS`), the frozen base's storage
+    (`LORA_BASE_DTYPES`), and the token ids whose embedding and output rows train beside the
+    adapters (a new end of turn)."""
+
+    rank: int
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = LORA_TARGETS
+    base_dtype: str = ""
+    token_ids: tuple[int, ...] = ()
+    # 4-bit values two to a byte (TPU, GPU) or one per byte: XLA:CPU compiles steps for packed
+    # int4 but hands back arrays unpacked, so on CPU they are kept in 8-bit containers (the
+    # same memory there, the same numbers everywhere).
+    packed_4bit: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", tuple(self.targets))  # from JSON lists
+        object.__setattr__(self, "token_ids", tuple(int(i) for i in self.token_ids))
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
+            raise ConfigError(f"lora.rank must be a positive integer, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ConfigError(f"lora.targets: {unknown or 'none'} {'is' if len(unknown) == 1 else 'are'} "
+                              f"not among {', '.join(LORA_TARGETS)}")
+        if self.base_dtype not in LORA_BASE_DTYPES:
+            raise ConfigError(f"lora.base_dtype={self.base_dtype!r} is not one of "
+                              f"{', '.join(repr(d) for d in LORA_BASE_DTYPES)}")
+
+    @property
+    def scaling(self) -> float:
+        """What an adapter's output is multiplied by: alpha / rank."""
+        return self.alpha / self.rank
+
+    @property
+    def quantized(self) -> bool:
+        return self.base_dtype in ("int8", "int4", "nf4")
 
 
 class ConfigError(LimaError, ValueError):
@@ -95,10 +146,14 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     eot_token_id: int | None = None
+    # Low-rank adapters on a frozen base (None: every parameter trains).
+    lora: LoraSpec | None = None
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):  # from JSON
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", LoraSpec(**self.lora))
         positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim",
                     "max_seq_len", "vocab_multiple")
         for name in positive:
@@ -143,11 +198,36 @@ class LlamaConfig:
                 f"model.eot_token_id={self.eot_token_id} lies outside the vocabulary "
                 f"(vocab_size={self.vocab_size})"
             )
+        if self.lora is not None:
+            self._check_lora(self.lora)
+
+    def _check_lora(self, lora: LoraSpec) -> None:
+        smallest = {"q": min(self.dim, self.n_heads * self.head_dim),
+                    "k": min(self.dim, self.n_kv_heads * self.head_dim),
+                    "o": min(self.dim, self.n_heads * self.head_dim),
+                    "gate": min(self.dim, self.mlp_dim)}
+        smallest.update(v=smallest["k"], up=smallest["gate"], down=smallest["gate"])
+        for target in lora.targets:
+            if lora.rank > smallest[target]:
+                raise ConfigError(f"lora.rank={lora.rank} exceeds the dimensions of target {target!r} "
+                                  f"(its smaller side is {smallest[target]})")
+        outside = [i for i in lora.token_ids if not 0 <= i < self.vocab_size]
+        if outside:
+            raise ConfigError(f"lora.token_ids {outside} lie outside the vocabulary ({self.vocab_size})")
 
     @property
     def padded_vocab_size(self) -> int:
         """Rows of the embedding tables: vocab_size rounded up to vocab_multiple."""
         return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
+
+    @property
+    def frozen_param_dtype(self) -> str:
+        """The dtype of the parameters that do not train under LoRA (norms, embedding tables;
+        the projections too unless quantized): bfloat16 when `lora.base_dtype` asks for a
+        smaller base, else param_dtype."""
+        if self.lora is None or not self.lora.base_dtype:
+            return self.param_dtype
+        return "bfloat16"
 
     @property
     def group_size(self) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from lima_jax.model.config import LlamaConfig, RopeScaling
+from lima_jax.model.lora import linear, make_projection
 
 
 def logical_param(rngs: nnx.Rngs, init, shape, dtype, axes: tuple[str | None, ...]) -> nnx.Param:
@@ -92,38 +93,38 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
 
 
 class Attention(nnx.Module):
-    """Grouped-query self-attention with rotary embeddings."""
+    """Grouped-query self-attention with rotary embeddings (and LoRA adapters under
+    `config.lora`, lima_jax.model.lora)."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         d, n, k, h = config.dim, config.n_heads, config.n_kv_heads, config.head_dim
         init = nnx.initializers.normal(config.initializer_range)
-        dt = config.param_dtype
         self.config = config
-        self.wq = logical_param(rngs, init, (d, n, h), dt, ("embed", "heads", "head_dim"))
-        self.wk = logical_param(rngs, init, (d, k, h), dt, ("embed", "kv_heads", "head_dim"))
-        self.wv = logical_param(rngs, init, (d, k, h), dt, ("embed", "kv_heads", "head_dim"))
-        self.wo = logical_param(rngs, init, (n, h, d), dt, ("heads", "head_dim", "embed"))
+        make_projection(self, "wq", rngs, init, (d, n, h), ("embed", "heads", "head_dim"), config, "q")
+        make_projection(self, "wk", rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), config, "k")
+        make_projection(self, "wv", rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), config, "v")
+        make_projection(self, "wo", rngs, init, (n, h, d), ("heads", "head_dim", "embed"), config, "o")
 
-    def qkv(self, x_btd, cos_bth, sin_bth):
-        """Rotated queries [B, T, N, H] and keys [B, T, K, H], and values [B, T, K, H]."""
-        dtype = x_btd.dtype
+    def qkv(self, x_btd, cos_bth, sin_bth, keys=None):
+        """Rotated queries [B, T, N, H] and keys [B, T, K, H], and values [B, T, K, H].
+        keys: adapter dropout keys per target (`lora.adapter_keys`), None when not training."""
+        keys = keys or {}
         b, t, _ = x_btd.shape
         n, k, h = self.config.n_heads, self.config.n_kv_heads, self.config.head_dim
-        q = project(x_btd, self.wq[...].astype(dtype)).reshape(b, t, n, h)
-        k_btkh = project(x_btd, self.wk[...].astype(dtype)).reshape(b, t, k, h)
-        v_btkh = project(x_btd, self.wv[...].astype(dtype)).reshape(b, t, k, h)
+        q = linear(self, "wq", x_btd, keys.get("q")).reshape(b, t, n, h)
+        k_btkh = linear(self, "wk", x_btd, keys.get("k")).reshape(b, t, k, h)
+        v_btkh = linear(self, "wv", x_btd, keys.get("v")).reshape(b, t, k, h)
         return apply_rope(q, cos_bth, sin_bth), apply_rope(k_btkh, cos_bth, sin_bth), v_btkh
 
-    def output(self, out_btnh):
+    def output(self, out_btnh, keys=None):
         """The attention output [B, T, N, H] projected back to [B, T, D]."""
         b, t, n, h = out_btnh.shape
-        return project(out_btnh.reshape(b, t, n * h),
-                       self.wo[...].astype(out_btnh.dtype).reshape(n * h, -1))
+        return linear(self, "wo", out_btnh.reshape(b, t, n * h), (keys or {}).get("o"))
 
-    def __call__(self, x_btd, cos_bth, sin_bth, attend):
+    def __call__(self, x_btd, cos_bth, sin_bth, attend, keys=None):
         """`attend(q, k, v) -> out [B, T, N, H]` is the implementation (model/attention.py)."""
-        q, k_bskh, v_bskh = self.qkv(x_btd, cos_bth, sin_bth)
-        return self.output(attend(q, k_bskh, v_bskh))
+        q, k_bskh, v_bskh = self.qkv(x_btd, cos_bth, sin_bth, keys)
+        return self.output(attend(q, k_bskh, v_bskh), keys)
 
 
 class MLP(nnx.Module):
@@ -132,14 +133,14 @@ class MLP(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         d, f = config.dim, config.mlp_dim
         init = nnx.initializers.normal(config.initializer_range)
-        dt = config.param_dtype
-        self.w_gate = logical_param(rngs, init, (d, f), dt, ("embed", "mlp"))
-        self.w_up = logical_param(rngs, init, (d, f), dt, ("embed", "mlp"))
-        self.w_down = logical_param(rngs, init, (f, d), dt, ("mlp", "embed"))
+        self.config = config
+        make_projection(self, "w_gate", rngs, init, (d, f), ("embed", "mlp"), config, "gate")
+        make_projection(self, "w_up", rngs, init, (d, f), ("embed", "mlp"), config, "up")
+        make_projection(self, "w_down", rngs, init, (f, d), ("mlp", "embed"), config, "down")
 
-    def __call__(self, x_btd):
-        dtype = x_btd.dtype
-        gate_btf = project(x_btd, self.w_gate[...].astype(dtype))
-        up_btf = project(x_btd, self.w_up[...].astype(dtype))
+    def __call__(self, x_btd, keys=None):
+        keys = keys or {}
+        gate_btf = linear(self, "w_gate", x_btd, keys.get("gate"))
+        up_btf = linear(self, "w_up", x_btd, keys.get("up"))
         hidden_btf = jax.nn.silu(gate_btf) * up_btf
-        return project(hidden_btf, self.w_down[...].astype(dtype))
+        return linear(self, "w_down", hidden_btf, keys.get("down"))

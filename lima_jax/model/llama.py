@@ -22,6 +22,7 @@ from lima_jax.model.layers import (
     rope_cos_sin,
     rope_inverse_frequencies,
 )
+from lima_jax.model.lora import adapter_keys, with_token_rows
 
 REMAT_POLICY = {
     "full": None,  # save nothing but the layer's input
@@ -44,7 +45,8 @@ class DecoderBlock(nnx.Module):
     """Pre-norm attention and MLP sub-layers, each joined to the residual stream."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
-        norm_kwargs = dict(eps=config.norm_eps, param_dtype=config.param_dtype, rngs=rngs)
+        self.config = config
+        norm_kwargs = dict(eps=config.norm_eps, param_dtype=config.frozen_param_dtype, rngs=rngs)
         self.attention_norm = RMSNorm(config.dim, **norm_kwargs)
         self.attention = Attention(config, rngs=rngs)
         self.mlp_norm = RMSNorm(config.dim, **norm_kwargs)
@@ -53,13 +55,17 @@ class DecoderBlock(nnx.Module):
     def __call__(self, x_btd, cos_bth, sin_bth, attend, dropout_rate=None, dropout_key=None):
         """One layer; `attend(q, k, v)` is the attention implementation. With
         `dropout_key`, each sub-layer's output is dropped at `dropout_rate` before it
-        joins the residual stream (LIMA's residual dropout)."""
-        attn_out = self.attention(self.attention_norm(x_btd), cos_bth, sin_bth, attend)
+        joins the residual stream (LIMA's residual dropout), and LoRA adapters drop their
+        inputs at `lora.dropout`."""
+        keys = None
         if dropout_key is not None:
-            attn_key, mlp_key = jax.random.split(dropout_key)
+            attn_key, mlp_key, adapter_key = jax.random.split(dropout_key, 3)
+            keys = adapter_keys(adapter_key, self.config)
+        attn_out = self.attention(self.attention_norm(x_btd), cos_bth, sin_bth, attend, keys)
+        if dropout_key is not None:
             attn_out = residual_dropout(attn_out, dropout_rate, attn_key)
         h_btd = x_btd + attn_out
-        mlp_out = self.mlp(self.mlp_norm(h_btd))
+        mlp_out = self.mlp(self.mlp_norm(h_btd), keys)
         if dropout_key is not None:
             mlp_out = residual_dropout(mlp_out, dropout_rate, mlp_key)
         return h_btd + mlp_out
@@ -97,13 +103,19 @@ class Llama(nnx.Module):
         self.config = config
         v, d = config.padded_vocab_size, config.dim
         init = nnx.initializers.normal(config.initializer_range)
-        self.embedding = logical_param(rngs, init, (v, d), config.param_dtype, ("vocab", "embed"))
+        frozen = config.frozen_param_dtype
+        self.embedding = logical_param(rngs, init, (v, d), frozen, ("vocab", "embed"))
         self.layers = _stacked_blocks(config, rngs)
-        self.final_norm = RMSNorm(
-            d, eps=config.norm_eps, param_dtype=config.param_dtype, rngs=rngs
-        )
+        self.final_norm = RMSNorm(d, eps=config.norm_eps, param_dtype=frozen, rngs=rngs)
         if not config.tie_embeddings:
-            self.lm_head = logical_param(rngs, init, (d, v), config.param_dtype, ("embed", "vocab"))
+            self.lm_head = logical_param(rngs, init, (d, v), frozen, ("embed", "vocab"))
+        # LoRA: the rows of new tokens (a new end of turn) train beside the adapters.
+        token_ids = config.lora.token_ids if config.lora else ()
+        if token_ids:
+            r = len(token_ids)
+            self.token_rows = logical_param(rngs, init, (r, d), config.param_dtype, (None, "embed"))
+            if not config.tie_embeddings:
+                self.token_head = logical_param(rngs, init, (d, r), config.param_dtype, ("embed", None))
 
     def __call__(
         self,
@@ -148,9 +160,10 @@ class Llama(nnx.Module):
         b, t = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        train = not deterministic and config.residual_dropout > 0.0
+        adapter_dropout = config.lora.dropout if config.lora else 0.0
+        train = not deterministic and (config.residual_dropout > 0.0 or adapter_dropout > 0.0)
         if train and dropout_rng is None:
-            raise ValueError("Llama: deterministic=False with residual dropout needs dropout_rng")
+            raise ValueError("Llama: deterministic=False with residual or adapter dropout needs dropout_rng")
 
         x_btd = self.embed(tokens)
         inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
@@ -176,7 +189,11 @@ class Llama(nnx.Module):
 
     def embed(self, tokens: jax.Array) -> jax.Array:
         """Token embeddings [..., D] in the compute dtype for ids [...]."""
-        return jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+        dtype = jnp.dtype(self.config.dtype)
+        if self.config.lora and self.config.lora.token_ids:
+            return with_token_rows(self.embedding[...], tokens, self.token_rows[...],
+                                   self.config.lora.token_ids).astype(dtype)
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
 
     def logits(self, x_btd: jax.Array) -> jax.Array:
         """Final norm and output head: [B, T, D] -> logits [B, T, V_padded], the padded
@@ -185,10 +202,14 @@ class Llama(nnx.Module):
 
     def output_weight(self) -> jax.Array:
         """The output projection [D, V_padded] in the parameters' dtype: `lm_head`, or the
-        embedding's transpose when the embeddings are tied."""
-        if self.config.tie_embeddings:
-            return self.embedding[...].T
-        return self.lm_head[...]
+        embedding's transpose when the embeddings are tied; under LoRA with the trained columns
+        of new tokens in place."""
+        weight_dv = self.embedding[...].T if self.config.tie_embeddings else self.lm_head[...]
+        token_ids = self.config.lora.token_ids if self.config.lora else ()
+        if token_ids:
+            cols = self.token_rows[...].T if self.config.tie_embeddings else self.token_head[...]
+            weight_dv = weight_dv.at[:, jnp.asarray(token_ids)].set(cols.astype(weight_dv.dtype))
+        return weight_dv
 
 
 def vocab_logits(h_btd: jax.Array, weight_dv: jax.Array, config: LlamaConfig) -> jax.Array:

@@ -17,7 +17,7 @@ from lima_jax.data.config import get_default_data_config, validate_data_config
 from lima_jax.data.errors import DataError
 from lima_jax.data.tokenizer import tokenizer_file_in
 from lima_jax.errors import LimaError
-from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
+from lima_jax.model.config import ATTENTION_IMPLEMENTATIONS, DTYPES, LORA_BASE_DTYPES, LORA_TARGETS, REMAT_POLICIES
 from lima_jax.model.presets import PRESETS
 from lima_jax.sharding import DEFAULT_RULES, MESH_AXES, ShardingError, batch_axes, make_mesh
 from lima_jax.train.run_estimate import POLICIES as CHECKPOINT_POLICIES
@@ -75,6 +75,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     # default); matrices_no_embeddings: neither norms nor the embedding/output tables.
     c.optimizer.weight_decay_mask = "matrices"
     c.optimizer.clip_norm = 0.0  # global gradient-norm clipping; 0 = off (LIMA does not clip)
+
+    # LoRA / QLoRA (README "LoRA and QLoRA"): low-rank adapters on a frozen base; only they (and
+    # a new end of turn's rows) train and have optimizer state.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # 0 = full fine-tuning (the paper's)
+    c.lora.alpha = 16.0  # adapter updates scale by alpha / rank
+    c.lora.dropout = 0.05  # on each adapter's input
+    c.lora.targets = ",".join(LORA_TARGETS)  # any of q,k,v,o,gate,up,down
+    # How the frozen base is stored: '' = model.param_dtype, bfloat16, or quantized by qwix:
+    # int8, int4, nf4 (QLoRA).
+    c.lora.base_dtype = ""
 
     c.train = ml_collections.ConfigDict()
     c.train.grad_accum_steps = 1  # micro-batches per step; the loss is over the global batch
@@ -160,6 +171,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
            f"{o.weight_decay_mask!r} is not one of {WEIGHT_DECAY_MASKS}")
     _check(o.clip_norm >= 0, "optimizer.clip_norm", "must be >= 0 (0 = off)")
 
+    _validate_lora(c)
+
     t = c.train
     _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
     _check(c.data.global_batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
@@ -192,6 +205,34 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
         validate_data_config(c.data)
     except DataError as err:
         raise RunConfigError(err.location.removeprefix("config."), f"{err.what} ({err.hint})") from None
+
+
+def lora_targets(targets) -> tuple[str, ...]:
+    """`config.lora.targets` ('q,k,v' or a sequence) as a tuple of target names."""
+    if isinstance(targets, str):
+        return tuple(t.strip() for t in targets.split(",") if t.strip())
+    return tuple(targets)
+
+
+def _validate_lora(c: ml_collections.ConfigDict) -> None:
+    lora = c.lora
+    _check(isinstance(lora.rank, int) and not isinstance(lora.rank, bool) and lora.rank >= 0, "lora.rank",
+           f"must be an integer >= 0 (0 = full fine-tuning), got {lora.rank!r}")
+    if not lora.rank:
+        return
+    _check(isinstance(lora.alpha, (int, float)) and lora.alpha > 0, "lora.alpha", f"must be > 0, got {lora.alpha!r}")
+    _check(isinstance(lora.dropout, (int, float)) and 0 <= lora.dropout < 1, "lora.dropout",
+           f"must be in [0, 1), got {lora.dropout!r}")
+    targets = lora_targets(lora.targets)
+    unknown = [t for t in targets if t not in LORA_TARGETS]
+    _check(bool(targets) and not unknown, "lora.targets",
+           f"{', '.join(unknown) or 'none given'}: the targets are {','.join(LORA_TARGETS)}")
+    _check(lora.base_dtype in LORA_BASE_DTYPES, "lora.base_dtype",
+           f"{lora.base_dtype!r} is not one of {', '.join(repr(d) for d in LORA_BASE_DTYPES)} "
+           "(int8, int4 and nf4 quantize the frozen base with qwix)")
+    _check(bool(c.model.init_from) or c.compile_only, "lora.rank",
+           "LoRA adapts a pretrained model: set model.init_from (a Hugging Face directory or a "
+           "lima_jax checkpoint)")
 
 
 def use_model_tokenizer(c: ml_collections.ConfigDict) -> None:

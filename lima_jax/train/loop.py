@@ -35,6 +35,8 @@ from lima_jax.chips import peak_flops_per_device
 from lima_jax.data import build_pipeline
 from lima_jax.errors import LimaError
 from lima_jax.jsonl import write_json
+from lima_jax.model import lora as lora_lib
+from lima_jax.train.base_weights import LORA_BASE_META, initial_params
 from lima_jax.train.config import make_run_mesh, total_flops_per_token, validate_config
 from lima_jax.train.metrics import MetricsLogger, StepTimer, plot_loss_curve
 from lima_jax.train.preemption import watch_preemption
@@ -42,7 +44,6 @@ from lima_jax.train.prefetch import LOOP_EVENTS, BatchPrefetcher, global_batch
 from lima_jax.train.state import (
     check_train_serve,
     ids_the_run_needs,
-    initial_params,
     make_model_config,
     prepare_demo_data,
 )
@@ -166,10 +167,16 @@ def _compile_only(config: ml_collections.ConfigDict) -> dict:
     return report
 
 
+def checkpointed(fns, state: dict) -> dict:
+    """What a checkpoint holds of the train state: all of it, or under LoRA all but the frozen
+    base (read again from model.init_from: `lima_jax.train.base_weights`)."""
+    return {**state, "params": fns.trainable(state["params"])} if fns.lora else state
+
+
 def _restore(checkpointer: TrainCheckpointer, sharded: ShardedTrainStep, iterator) -> tuple[dict, int]:
     """(state, its step) from the newest checkpoint that restores; the ones that do not are
     named (a warning) and set aside, so the run can save those steps again."""
-    saved, (state, data_state, _), skipped = checkpointer.restore_newest(sharded.abstract_state)
+    saved, (state, data_state, _), skipped = checkpointer.restore_newest(checkpointed(sharded.fns, sharded.abstract_state))
     if skipped:
         moved = checkpointer.set_aside(skipped)
         if moved:
@@ -230,11 +237,18 @@ def train(config: ml_collections.ConfigDict) -> dict:
         if snapshots and keep else None
     iterator = pipeline.iterator()
     start_step = 0
+    needed_ids = sorted(ids_the_run_needs(tokenizer, pipeline.examples.ids))
+
+    def starting_params():
+        return initial_params(config.model.init_from, model_config, sharded.param_shardings, needed_ids,
+                              rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), rules=sharded.rules)
+
     if resume:
         state, start_step = _restore(checkpointer, sharded, iterator)
+        if fns.lora:  # checkpoints hold the adapters: the frozen base is read again, as at the start
+            state["params"] = lora_lib.join(state["params"], lora_lib.split_trainable(starting_params())[1])
     else:
-        params = initial_params(config, model_config, fns, sharded.param_shardings,
-                                needed_ids=ids_the_run_needs(tokenizer, pipeline.examples.ids))
+        params = starting_params()
         state = sharded.init_state(jax.random.PRNGKey(config.seed), params)
         del params  # the state holds them now
     record_run(config, workdir, resume)  # the fingerprint in run.json
@@ -267,18 +281,20 @@ def train(config: ml_collections.ConfigDict) -> dict:
     # The tokenizer travels inside every checkpoint, so a checkpoint is self-contained.
     meta = {"config": json.loads(config.to_json_best_effort()), **tokenizer.to_meta(),
             "model_config": model_config.to_dict()}
+    if fns.lora:  # how to read the frozen base again (decode, export, resume)
+        meta[LORA_BASE_META] = {"needed_ids": needed_ids}
 
     def save(step: int, data_state: dict):
         """The state after `step`, with the data iterator's state that goes with it (the
         prefetch thread has moved the iterator itself further on)."""
-        checkpointer.save(step, state, data_state, dict(meta, step=step))
+        checkpointer.save(step, checkpointed(fns, state), data_state, dict(meta, step=step))
 
     snapshot_dtype = config.checkpoint.snapshot_dtype
     snapshot_meta = dict(meta, model_config=model_config.replace(param_dtype=snapshot_dtype).to_dict())
 
     def save_snapshot(step: int):
         """The parameters after `step`, in checkpoint.snapshot_dtype, for choosing between epochs."""
-        snapshot_writer.save(step, state["params"], dict(snapshot_meta, step=step), snapshot_dtype)
+        snapshot_writer.save(step, fns.trainable(state["params"]), dict(snapshot_meta, step=step), snapshot_dtype)
 
     summary = {"compile_s": compile_s, "start_step": start_step, "total_steps": total_steps}
     def generation_score() -> dict:

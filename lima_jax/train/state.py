@@ -1,10 +1,6 @@
-"""What `lima_jax.train` does before its loop: make the demo data, resolve the model config
-against the tokenizer, and load starting weights.
-
-Starting weights (`config.model.init_from`) come from a Hugging Face directory
-(`config.json` + safetensors) or a lima_jax checkpoint (`python -m lima_jax.convert
-hf-to-lima`). LIMA's EOT token is appended when the checkpoint lacks it: its rows
-start as the mean of the others (README "Training").
+"""What `lima_jax.train` does before its loop: make the demo data, check that training matches
+serving, and resolve the model config against the checkpoint and the tokenizer (with its LoRA
+adapters, `config.lora`). The starting weights are `lima_jax.train.base_weights`'.
 """
 
 from __future__ import annotations
@@ -15,23 +11,17 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from lima_jax.checkpoint import (
     HF,
-    HF_CONFIG_FILE,
-    MODEL,
-    MODEL_CONFIG_FILE,
-    checkpoint_kind,
-    load_model,
     load_model_config,
 )
 from lima_jax.data import generated as demo_data
-from lima_jax.model.config import ConfigError, LlamaConfig
-from lima_jax.model.hf import append_vocab_rows, from_hf, load_hf_config
+from lima_jax.model.config import ConfigError, LlamaConfig, LoraSpec
+from lima_jax.model.hf import load_hf_config
 from lima_jax.model.presets import get_preset
-from lima_jax.model.vocab_rows import UNTRAINED_FRACTION, reinit_untrained_rows
-from lima_jax.train.config import MODEL_SHAPE_FIELDS, RunConfigError, model_config_overrides
+from lima_jax.train.base_weights import init_from_kind
+from lima_jax.train.config import MODEL_SHAPE_FIELDS, RunConfigError, lora_targets, model_config_overrides
 
 DEMO_DATA = "generated:demo"
 log = logging.getLogger("lima_jax.train")
@@ -70,18 +60,33 @@ def check_train_serve(config: ml_collections.ConfigDict, tokenizer) -> None:
                              f"--template {config.data.template})")
 
 
-def _init_from_kind(path: pathlib.Path) -> str:
-    """HF or MODEL (`lima_jax.checkpoint.checkpoint_kind`): the kinds training starts from."""
-    kind = checkpoint_kind(path)
-    if kind not in (HF, MODEL):
-        raise RunConfigError("model.init_from", f"{path} is neither a Hugging Face directory "
-                             f"({HF_CONFIG_FILE}) nor a lima_jax checkpoint ({MODEL_CONFIG_FILE})")
-    return kind
-
-
 def make_model_config(config: ml_collections.ConfigDict, tokenizer) -> LlamaConfig:
     """The model's config: the preset (or the init_from checkpoint's shape), the
-    tokenizer's vocabulary and end of turn, and the run's numerics (dtypes, dropout, remat)."""
+    tokenizer's vocabulary and end of turn, the run's numerics (dtypes, dropout, remat) and its
+    LoRA adapters (`config.lora`; a new end of turn's rows train beside them)."""
+    model_config = _model_config(config, tokenizer)
+    return with_lora(config, model_config, new_token_ids=(tokenizer.eot_id,) if tokenizer.eot_is_new else ())
+
+
+def with_lora(config: ml_collections.ConfigDict, model_config: LlamaConfig, new_token_ids=()) -> LlamaConfig:
+    """`model_config` with the run's `config.lora` (rank 0: unchanged); a value that cannot work
+    stops the run naming its key."""
+    lora = config.lora
+    if not lora.rank:
+        return model_config
+    try:
+        # XLA:CPU cannot run a step on packed int4 (LoraSpec.packed_4bit); a TPU topology compiled
+        # from here can.
+        packed = bool(config.get("topology")) or jax.default_backend() != "cpu"
+        spec = LoraSpec(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora_targets(lora.targets),
+                        base_dtype=lora.base_dtype, token_ids=tuple(new_token_ids), packed_4bit=packed)
+        return model_config.replace(lora=spec)
+    except ConfigError as err:
+        key = str(err).split()[0].split("=")[0].rstrip(":")
+        raise RunConfigError(key, str(err).split(" ", 1)[1]) from None
+
+
+def _model_config(config: ml_collections.ConfigDict, tokenizer) -> LlamaConfig:
     overrides = model_config_overrides(config)
     token_ids = dict(eot_token_id=tokenizer.eot_id, bos_token_id=tokenizer.bos_id,
                      eos_token_id=tokenizer.eos_id)
@@ -90,7 +95,7 @@ def make_model_config(config: ml_collections.ConfigDict, tokenizer) -> LlamaConf
             return get_preset(config.model.preset).replace(vocab_size=tokenizer.vocab_size, **token_ids,
                                                            **overrides)
         path = pathlib.Path(config.model.init_from)
-        kind = _init_from_kind(path)
+        kind = init_from_kind(path)
         base = load_hf_config(path) if kind == HF else load_model_config(path)
     except ConfigError as err:
         raise RunConfigError("model", str(err)) from None
@@ -129,43 +134,3 @@ def ids_the_run_needs(tokenizer, token_ids: np.ndarray) -> set[int]:
     special = np.asarray(sorted(tokenizer.special_tokens.values()), np.int64)
     present = special[np.isin(special, token_ids)] if special.size else special
     return {int(i) for i in (tokenizer.eot_id, tokenizer.bos_id, tokenizer.eos_id, *present) if i is not None}
-
-
-def initial_params(config: ml_collections.ConfigDict, model_config: LlamaConfig, fns,
-                   param_shardings, needed_ids=()):
-    """Starting parameters (a pure dict, sharded) from `model.init_from`, or None.
-
-    needed_ids: the token ids the run uses (its end of turn, BOS, EOS, the special tokens of
-    its data); those whose rows the checkpoint never trained are initialised like a new EOT
-    (`lima_jax.model.vocab_rows`), and logged."""
-    if not config.model.init_from:
-        return None
-    params = _loaded_params(config, model_config, param_shardings)
-    params, fixed = reinit_untrained_rows(params, needed_ids, model_config.vocab_size)
-    if fixed:
-        log.warning("model.init_from: the rows of token ids %s were untrained (norm below %.0f%% of the "
-                    "median): initialised to the mean row, as a new EOT is", fixed, UNTRAINED_FRACTION * 100)
-    return params
-
-
-def _loaded_params(config: ml_collections.ConfigDict, model_config: LlamaConfig, param_shardings):
-    path = pathlib.Path(config.model.init_from)
-    dtype = model_config.param_dtype
-    hf = _init_from_kind(path) == HF
-    stored = load_hf_config(path) if hf else load_model_config(path)
-    add_eot = model_config.vocab_size > stored.vocab_size  # a new EOT the checkpoint lacks
-    if hf:
-        model = from_hf(path, dtype=dtype, add_eot=add_eot, shardings=param_shardings)
-        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    if not add_eot:
-        model = load_model(path, shardings=param_shardings, param_dtype=dtype)
-        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    # A checkpoint without EOT: restore on the host, append the EOT rows, then place.
-    host = nnx.to_pure_dict(nnx.state(load_model(path, param_dtype=dtype), nnx.Param))
-    host = jax.tree.map(np.asarray, host)
-    v_old, v_new, padded = stored.vocab_size, model_config.vocab_size, model_config.padded_vocab_size
-    host["embedding"] = append_vocab_rows(host["embedding"][:v_old], v_old, v_new - v_old, padded)
-    if "lm_head" in host:
-        head = append_vocab_rows(host["lm_head"][:, :v_old].T, v_old, v_new - v_old, padded)
-        host["lm_head"] = np.ascontiguousarray(head.T)
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), host, param_shardings)

@@ -38,6 +38,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lima_jax import sharding as sharding_lib
+from lima_jax.model import lora as lora_lib
 from lima_jax.model.config import LlamaConfig
 from lima_jax.model.llama import Llama, abstract_model
 from lima_jax.train.config import rows_per_device_check
@@ -60,6 +61,13 @@ class StepFunctions:
         self.micro_batch_sharding = micro_batch_sharding
         self.loss_chunk_size = loss_chunk_size  # tokens per loss chunk; 0 = whole logits
         self.graphdef, self.abstract_state = nnx.split(abstract_model(model_config))
+        # LoRA: only the adapters (and new token rows) have gradients and optimizer state.
+        self.lora = model_config.lora is not None
+
+    def trainable(self, params: dict) -> dict:
+        """The parameters the optimizer updates: all of them, or under LoRA the adapters and
+        token rows (`lima_jax.model.lora.split_trainable`)."""
+        return lora_lib.trainable(params) if self.lora else params
 
     # ------------------------------------------------------------------ model
 
@@ -81,7 +89,7 @@ class StepFunctions:
         return {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
-            "opt_state": self.optimizer.init(params),
+            "opt_state": self.optimizer.init(self.trainable(params)),
             "rng": dropout_rng,
         }
 
@@ -127,13 +135,18 @@ class StepFunctions:
                                count_correct=count_correct)
 
     def train_step(self, state: dict, batch: Batch):
-        """One optimizer update on the global batch; returns (state, metrics)."""
-        params = state["params"]
+        """One optimizer update on the global batch; returns (state, metrics). Under LoRA the
+        gradient is taken for the adapters alone: the frozen base gets none."""
+        if self.lora:
+            params, frozen = lora_lib.split_trainable(state["params"])
+        else:
+            params, frozen = state["params"], None
         step_rng = jax.random.fold_in(state["rng"], state["step"])
         loss_tokens = jnp.maximum(batch["loss_mask"].astype(jnp.float32).sum(), 1.0)
 
         def loss_fn(p, micro_batch, rng):
-            return self._loss_sums(p, micro_batch, rng, deterministic=False)["ce_sum"] / loss_tokens
+            full = lora_lib.join(p, frozen) if self.lora else p
+            return self._loss_sums(full, micro_batch, rng, deterministic=False)["ce_sum"] / loss_tokens
 
         grad_fn = jax.value_and_grad(loss_fn)
         a = self.grad_accum_steps
@@ -176,6 +189,8 @@ class StepFunctions:
 
         new_params, new_opt_state, new_step = jax.lax.cond(
             finite, apply_update, keep, (params, state["opt_state"], state["step"]))
+        if self.lora:
+            new_params = lora_lib.join(new_params, frozen)
         new_state = {"step": new_step, "params": new_params, "opt_state": new_opt_state,
                      "rng": state["rng"]}
         metrics = {
@@ -203,7 +218,7 @@ class StepFunctions:
         param_shardings = nnx.to_pure_dict(
             sharding_lib.state_shardings(self.abstract_state, mesh, rules))
         opt_shardings = optax.tree_map_params(
-            self.optimizer, lambda _, s: s, abstract_train_state["opt_state"], param_shardings,
+            self.optimizer, lambda _, s: s, abstract_train_state["opt_state"], self.trainable(param_shardings),
             transform_non_params=lambda _: replicated,
         )
         return {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,

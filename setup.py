@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "datasketch>=1.6",  # MinHash + LSH for near-duplicate removal (lima_jax.curate)
+    "qwix>=0.1.8",  # the quantized frozen base of QLoRA (int8, int4, nf4)
 ]
 
 EXTRAS_REQUIRE = {
@@ -33,7 +34,8 @@ EXTRAS_REQUIRE = {
     # selenium drives Debian's chromium for the annotation-page test (.ci/run installs it).
     # nbclient + ipykernel execute the notebooks in tests/notebooks/test_notebooks.py.
     # ruff is the lint CI runs (settings in pyproject.toml).
-    "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45", "selenium>=4.20",
+    # peft: the LoRA reference (parity test, lima-to-peft export, the LoRA benchmark row).
+    "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45", "peft>=0.15", "selenium>=4.20",
              "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "ruff>=0.6"],
     # libtpu: runs on TPU VMs, and lets a CPU machine compile ahead of time for a TPU slice.
     "tpu": ["jax[tpu]>=0.6"],

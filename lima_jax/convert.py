@@ -2,6 +2,7 @@
 
     python -m lima_jax.convert hf-to-lima --hf DIR --out CKPT [--dtype bfloat16] [--add-eot]
     python -m lima_jax.convert lima-to-hf --ckpt CKPT --out DIR [--dtype bfloat16]
+    python -m lima_jax.convert lima-to-peft --ckpt WORKDIR --out DIR [--dtype bfloat16]
     python -m lima_jax.convert llama2c-to-hf --bin stories15M.bin --tokenizer tokenizer.model --out DIR
 
 Both HF directions move one tensor at a time, so converting a 65B checkpoint needs
@@ -13,12 +14,14 @@ special token ``<EOT>``, and names the end of turn first in ``eos_token_id`` so 
 stops where lima_jax stops (`lima_jax.data.tokenizer_export`). A llama2.c checkpoint (karpathy/llama2.c's
 `stories*.bin`, float32 formats v0 and v1, read by `lima_jax.model.llama2c`) becomes a
 Hugging Face directory, which `from_hf`, training (`model.init_from`) and decoding then
-read like any other.
+read like any other. ``lima-to-peft`` writes a LoRA run's adapters (and new token rows) unmerged, as
+a PEFT adapter directory for the run's base (`lima_jax.model.peft`; ``lima-to-hf`` writes the same
+run merged), with the run's tokenizer beside them.
 
 ``--out`` is written only when it is new, empty, or already what the command writes (a lima_jax
-model checkpoint for ``hf-to-lima``, a Hugging Face model directory for the others), which is
-replaced; any other folder, or a file, stops the command before anything is read or written,
-with one line naming it (`check_out_dir`).
+model checkpoint for ``hf-to-lima``, a PEFT adapter directory for ``lima-to-peft``, a Hugging Face
+model directory for the others), which is replaced; any other folder, or a file, stops the command
+before anything is read or written, with one line naming it (`check_out_dir`).
 """
 
 from __future__ import annotations
@@ -29,37 +32,60 @@ import os
 import pathlib
 import sys
 
+import jax
+import numpy as np
+from flax import nnx
+
 from lima_jax.checkpoint import (
     HF,
     HF_CONFIG_FILE,
     MODEL,
     MODEL_CONFIG_FILE,
     PARAMS_DIR,
+    SNAPSHOT,
+    TRAIN_STEP,
+    WORKDIR,
+    CheckpointError,
+    NonFiniteWeights,
+    check_finite,
     checkpoint_kind,
     load_model,
     model_tokenizer,
+    newest_that_restores,
+    read_snapshot_meta,
+    read_snapshot_params,
+    read_train_meta,
+    read_train_params,
+    restore_problem,
     save_model,
+    saved_steps,
 )
 from lima_jax.cli import run_command, setup_logging
 from lima_jax.data.errors import DataError
 from lima_jax.data.tokenizer import Tokenizer, read_tokenizer_files, tokenizer_file_in
 from lima_jax.data.tokenizer_export import export_files, export_tokenizer, hf_token_ids, remove_tokenizer_files
 from lima_jax.decode.load import load_for_decoding
-from lima_jax.errors import InputError
+from lima_jax.errors import InputError, LimaError
+from lima_jax.model import lora as lora_lib
 from lima_jax.model.config import LlamaConfig
 from lima_jax.model.hf import NUMPY_DTYPES, SAFETENSORS_FILE, SAFETENSORS_INDEX, from_hf, to_hf
-from lima_jax.model.llama import count_parameters
+from lima_jax.model.llama import abstract_model, count_parameters
 from lima_jax.model.llama2c import llama2c_to_hf
+from lima_jax.model.peft import is_adapter_dir, write_peft
 
 log = logging.getLogger("lima_jax.convert")
 
 
+PEFT = "peft"  # a PEFT adapter directory, lima-to-peft's --out
 # What each kind of --out must already be for a conversion to replace it.
 OUT_KINDS = {MODEL: "a lima_jax model checkpoint (model_config.json + params/)",
-             HF: "a Hugging Face model directory (config.json + safetensors)"}
+             HF: "a Hugging Face model directory (config.json + safetensors)",
+             PEFT: "a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)"}
 
 
 def _is_of_kind(folder: pathlib.Path, kind: str) -> bool:
+    if kind == PEFT:
+        return is_adapter_dir(folder)
     if kind == MODEL:
         return (folder / MODEL_CONFIG_FILE).is_file() and (folder / PARAMS_DIR).is_dir()
     # config.json alone is no proof: a training workdir holds one too.
@@ -68,7 +94,7 @@ def _is_of_kind(folder: pathlib.Path, kind: str) -> bool:
 
 
 def check_out_dir(out: str | os.PathLike, kind: str) -> pathlib.Path:
-    """`out` as a folder a conversion may write: new, empty, or already of `kind` (MODEL or HF),
+    """`out` as a folder a conversion may write: new, empty, or already of `kind` (MODEL, HF, PEFT),
     which the conversion replaces. Anything else, a file where a folder goes included, raises an
     InputError naming it, before anything is read or written."""
     out = pathlib.Path(out)
@@ -165,6 +191,117 @@ def lima_to_hf(ckpt: str, out: str, *, dtype: str | None = None, max_shard_gb: f
     return path
 
 
+def _read_adapters(step_dir: pathlib.Path) -> tuple[dict, LlamaConfig, dict]:
+    """(adapters, model config, meta) of a LoRA run's step directory or snapshot: only the
+    trainable params are read. A checkpoint without LoRA, or of a run with no base to apply its
+    adapters to, is an InputError naming it, before any weight is read."""
+    snapshot = checkpoint_kind(step_dir) == SNAPSHOT
+    meta = (read_snapshot_meta if snapshot else read_train_meta)(step_dir)
+    config = LlamaConfig.from_dict(meta["model_config"])
+    if config.lora is None:
+        raise InputError("holds a full fine-tune, not LoRA adapters", where=str(step_dir),
+                         hint="export it with python -m lima_jax.convert lima-to-hf")
+    if not meta.get("config", {}).get("model", {}).get("init_from"):
+        raise InputError("the run has no model.init_from: its adapters sit on a randomly initialised "
+                         "base that PEFT cannot load", where=str(step_dir),
+                         hint="export the run merged with python -m lima_jax.convert lima-to-hf")
+    abstract = lora_lib.trainable(nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param)))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    read = read_snapshot_params if snapshot else read_train_params
+    adapters = read(step_dir, abstract, jax.tree.map(lambda _: device, abstract))
+    check_finite(adapters)
+    return adapters, config, meta
+
+
+def _read_step_adapters(step_dir: pathlib.Path) -> tuple[dict, LlamaConfig, dict]:
+    """`_read_adapters` of the step directory the user named; one that does not restore is a
+    CheckpointError naming it (as decoding reports it)."""
+    try:
+        return _read_adapters(step_dir)
+    except NonFiniteWeights as err:
+        raise CheckpointError(f"does not restore ({err})", where=str(step_dir)) from None
+    except LimaError:
+        raise
+    except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+        raise CheckpointError(f"does not restore ({restore_problem(err)})", where=str(step_dir),
+                              hint="give an older step, or the workdir to take its newest that "
+                                   "restores") from None
+
+
+def _reinitialised_rows(meta: dict, config: LlamaConfig) -> dict | None:
+    """The rows a LoRA run re-initialised in its frozen base (tokens it needed that the base never
+    trained, `lima_jax.train.base_weights.initial_params`), as `write_peft`'s base_rows: PEFT's
+    copy of the base lacks them. Only the tables of a Hugging Face base are read, as the run read
+    them; None when none was re-initialised (or the base is not a Hugging Face directory here)."""
+    from lima_jax.model.hf import _SafetensorsReader, append_vocab_rows, load_hf_config
+    from lima_jax.model.vocab_rows import reinit_untrained_rows
+    from lima_jax.train.base_weights import LORA_BASE_META
+
+    needed = [int(i) for i in meta.get(LORA_BASE_META, {}).get("needed_ids", ()) if i not in config.lora.token_ids]
+    base = pathlib.Path(meta["config"]["model"]["init_from"])
+    if not needed or checkpoint_kind(base) != HF:
+        if needed and checkpoint_kind(base) is None:
+            log.warning("the run's base %s is not there: rows it may have re-initialised in it are not "
+                        "exported", base)
+        return None
+    stored = load_hf_config(base)
+    v, d, added, padded = stored.vocab_size, config.dim, config.vocab_size - stored.vocab_size, config.padded_vocab_size
+    dtype, reader = NUMPY_DTYPES[config.param_dtype], _SafetensorsReader(base)
+    tables = {"embedding": append_vocab_rows(reader.get("model.embed_tokens.weight", (v, d)).astype(dtype),
+                                             v, added, padded)}
+    if not config.tie_embeddings:
+        head = append_vocab_rows(reader.get("lm_head.weight", (v, d)).astype(dtype), v, added, padded)
+        tables["lm_head"] = head.T
+    fixed_tables, fixed = reinit_untrained_rows(jax.tree.map(jax.numpy.asarray, tables), needed, config.vocab_size)
+    if not fixed:
+        return None
+    log.warning("the run re-initialised the untrained rows of token ids %s in its frozen base: exported as "
+                "PEFT trainable tokens beside the adapters", fixed)
+    rows = {"ids": fixed, "embedding": np.asarray(fixed_tables["embedding"])[fixed]}
+    if "lm_head" in fixed_tables:
+        rows["lm_head"] = np.asarray(fixed_tables["lm_head"])[:, fixed].T
+    return rows
+
+
+def lima_to_peft(ckpt: str, out: str, *, dtype: str | None = None) -> pathlib.Path:
+    """Writes a LoRA run's adapters as a PEFT adapter directory for its base (`lima_jax.model.peft`),
+    its tokenizer beside them (a new EOT registered as ``<EOT>``, as ``lima-to-hf`` writes it).
+
+    `ckpt`: a training step directory, a selection snapshot, or a workdir (its newest step that
+    restores). A model checkpoint or Hugging Face directory holds merged weights, not adapters: an
+    InputError says to use ``lima-to-hf``. dtype: of the tensors (float32 by default)."""
+    check_out_dir(out, PEFT)
+    path = pathlib.Path(ckpt)
+    kind = checkpoint_kind(path)
+    if kind in (MODEL, HF):
+        raise InputError("is a model checkpoint (merged weights), not a LoRA training run", where=str(path),
+                         hint="export it with python -m lima_jax.convert lima-to-hf")
+    if kind not in (TRAIN_STEP, SNAPSHOT, WORKDIR):
+        raise InputError("is neither a training step directory (state/, meta/) nor a selection snapshot "
+                         "(params/, meta/) nor a workdir with checkpoints/<step>/ or snapshots/<step>/",
+                         where=str(path))
+    path = path.absolute()
+    if kind == WORKDIR:
+        steps = saved_steps(path)
+        _, (adapters, config, meta), _ = newest_that_restores(list(steps), lambda s: _read_adapters(steps[s]), path)
+    else:
+        adapters, config, meta = _read_step_adapters(path)
+    base = meta["config"]["model"]["init_from"]
+    if checkpoint_kind(base) == MODEL:
+        log.warning("the run's base %s is a lima_jax checkpoint: convert it with lima-to-hf and point "
+                    "base_model_name_or_path in %s/adapter_config.json at the result", base, out)
+    tokenizer = Tokenizer.from_meta(meta)
+    tokenizer, with_eot = _fit_tokenizer(tokenizer, config, str(path))
+    files = export_files(tokenizer, with_eot=with_eot)  # prepared first: a misfit stops here
+    out_path = write_peft(adapters, config, out, base_model=base, dtype=dtype,
+                          base_rows=_reinitialised_rows(meta, config))
+    export_tokenizer(tokenizer, out_path, with_eot=with_eot, files=files)
+    log.info("wrote %s: rank %d adapters on %s for %s%s", out_path, config.lora.rank,
+             ", ".join(config.lora.targets), base,
+             f", trainable tokens {list(config.lora.token_ids)}" if config.lora.token_ids else "")
+    return out_path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lima_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     to_hf_cmd.add_argument("--dtype", default=None, choices=sorted(NUMPY_DTYPES),
                            help="tensor dtype to write (default: the checkpoint's)")
     to_hf_cmd.add_argument("--max-shard-gb", type=float, default=5.0)
+    to_peft = commands.add_parser("lima-to-peft", help="LoRA training run -> PEFT adapter directory")
+    to_peft.add_argument("--ckpt", required=True,
+                         help="training workdir, step directory or selection snapshot of a LoRA run")
+    to_peft.add_argument("--out", required=True, help="PEFT adapter directory to write")
+    to_peft.add_argument("--dtype", default=None, choices=sorted(NUMPY_DTYPES),
+                         help="tensor dtype to write (default: float32)")
     from_c = commands.add_parser("llama2c-to-hf", help="llama2.c stories*.bin -> Hugging Face directory")
     from_c.add_argument("--bin", required=True, help="llama2.c checkpoint (float32, v0 or v1)")
     from_c.add_argument("--tokenizer", default=None,
@@ -198,6 +341,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "llama2c-to-hf":
         check_out_dir(args.out, HF)
         llama2c_to_hf(args.bin, args.out, tokenizer_model=args.tokenizer)
+    elif args.command == "lima-to-peft":
+        lima_to_peft(args.ckpt, args.out, dtype=args.dtype)
     else:
         lima_to_hf(args.ckpt, args.out, dtype=args.dtype, max_shard_gb=args.max_shard_gb)
     return 0

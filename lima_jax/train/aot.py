@@ -13,6 +13,15 @@ while loop's body counted its trip count times: `loop_counted_cost`), the roofli
 they imply, the step time at `config.plan.mfu` from the analytic model FLOPs, the steps of each
 epoch from the real data plan (when the data and tokenizer can be read), the bytes of each kind
 of checkpoint, and the run's wall clock with its breakdown at `config.plan.storage_gbps`.
+
+With LoRA (`config.lora.rank` > 0) the step compiled is the LoRA step (adapters on a frozen,
+possibly quantized base, `lima_jax.train.state.with_lora`), and the report says what that
+changes (`train_state`): the trainable parameters, and the bytes of the parameters, the
+trainable ones and the optimizer state, in all and per chip (from each leaf's sharding), so the
+optimizer state shows at the adapters' size. The model FLOPs of a LoRA step count no weight
+gradient of the frozen base (4 FLOPs per frozen matmul parameter and token, 6 per trainable one,
+`model_flops_per_token`), and its checkpoints hold the adapters and their optimizer state only
+(the frozen base is read again from model.init_from).
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ import numpy as np
 from lima_jax import sharding as sharding_lib
 from lima_jax.chips import chip, hbm_gib
 from lima_jax.errors import LimaError
+from lima_jax.model import lora as lora_lib
 from lima_jax.model.presets import get_preset
 from lima_jax.train import run_estimate as run_model
 from lima_jax.train.config import RunConfigError, model_config_overrides, total_flops_per_token, use_model_tokenizer
+from lima_jax.train.state import with_lora
 from lima_jax.train.step import compile_train_step
 
 # generation -> (libtpu name prefix, chip config, TensorCores per chip, 3-D torus)
@@ -358,8 +369,107 @@ def data_steps_per_epoch(config: ml_collections.ConfigDict) -> tuple[list[int] |
         return None, f"the data plan could not be made: {err}"
 
 
+def _itemsize(dtype) -> float:
+    """Bytes an element of `dtype` takes (half a byte for the 4-bit types, packed)."""
+    return jax.dtypes.itemsize_bits(np.dtype(dtype)) / 8
+
+
 def _tree_bytes(tree) -> int:
-    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+    return int(sum(math.prod(x.shape) * _itemsize(x.dtype) for x in jax.tree.leaves(tree)))
+
+
+def _device_bytes(tree) -> int:
+    """The bytes of `tree` (ShapeDtypeStructs with shardings) that one device holds: each leaf's
+    shard (its whole shape where it has no sharding)."""
+    total = 0.0
+    for x in jax.tree.leaves(tree):
+        sharding = getattr(x, "sharding", None)
+        shape = sharding.shard_shape(x.shape) if sharding is not None else x.shape
+        total += math.prod(shape) * _itemsize(x.dtype)
+    return int(total)
+
+
+def _count(tree) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _plain_params(model_config) -> dict:
+    """ShapeDtypeStructs of the model's parameters without LoRA (the base model, unquantized)."""
+    from flax import nnx
+
+    from lima_jax.model.llama import abstract_model
+
+    return nnx.to_pure_dict(nnx.state(abstract_model(model_config.replace(lora=None)), nnx.Param))
+
+
+def plain_parameters(model_config) -> int:
+    """All parameters of the model without its LoRA adapters (what an export holds)."""
+    return _count(_plain_params(model_config))
+
+
+def matmul_parameters(model_config) -> int:
+    """Parameters of the base model (LoRA adapters not counted) that take part in a matmul per
+    token: all but the norm scales, and the input embedding unless it is the output layer too
+    (`StepFunctions.matmul_param_count` of the model without LoRA)."""
+    pure = _plain_params(model_config)
+    total = sum(math.prod(x.shape) for x in jax.tree.leaves(pure) if len(x.shape) >= 2)
+    if not model_config.tie_embeddings:
+        total -= math.prod(pure["embedding"].shape)
+    return int(total)
+
+
+def trainable_matmul_parameters(model_config) -> int:
+    """Under LoRA, the trainable parameters that take part in a matmul per token: the adapters,
+    and the new tokens' output columns (`token_head`, or `token_rows` when the embeddings are
+    tied); 0 without LoRA."""
+    if model_config.lora is None:
+        return 0
+    from flax import nnx
+
+    from lima_jax.model.llama import abstract_model
+
+    pure = nnx.to_pure_dict(nnx.state(abstract_model(model_config), nnx.Param))
+    head = lora_lib.TOKEN_ROWS if model_config.tie_embeddings else lora_lib.TOKEN_HEAD
+    flat = jax.tree_util.tree_flatten_with_path(lora_lib.trainable(pure))[0]
+    return int(sum(math.prod(x.shape) for path, x in flat
+                   if str(path[-1].key).endswith((lora_lib.LORA_A, lora_lib.LORA_B)) or path[-1].key == head))
+
+
+def model_flops_per_token(model_config, seq_len: int) -> float:
+    """Training FLOPs per token of the model (`total_flops_per_token`: 6 per matmul parameter
+    and causal attention). Under LoRA the frozen base computes no weight gradient: 4 FLOPs per
+    frozen matmul parameter (forward and input gradient) and 6 per trainable one."""
+    attention = total_flops_per_token(0, model_config.n_layers, seq_len, model_config.n_heads * model_config.head_dim)
+    base = matmul_parameters(model_config)
+    if model_config.lora is None:
+        return 6.0 * base + attention
+    return 4.0 * base + 6.0 * trainable_matmul_parameters(model_config) + attention
+
+
+def _lora_text(spec) -> str:
+    return (f"LoRA rank {spec.rank}, alpha {spec.alpha:g}, dropout {spec.dropout:g}, targets "
+            f"{','.join(spec.targets)}, base {spec.base_dtype or 'param_dtype'}"
+            + (" (packed 4-bit)" if spec.base_dtype in ("int4", "nf4") and spec.packed_4bit else ""))
+
+
+def train_state_sizes(sharded, model_config) -> dict:
+    """What the train state holds, in all and per device (each leaf's shard): the parameters
+    (under LoRA the frozen base with its adapters), the trainable ones, and the optimizer state,
+    which covers the trainable parameters only (AdamW: two moments of each, plus counters)."""
+    state = sharded.abstract_state
+    params, fns = state["params"], sharded.fns
+    trainable = fns.trainable(params)
+    return {
+        "lora": _lora_text(model_config.lora) if model_config.lora else None,
+        "parameters": plain_parameters(model_config) if fns.lora else _count(params),
+        "trainable_parameters": _count(trainable),
+        "param_bytes": _tree_bytes(params),
+        "param_bytes_per_device": _device_bytes(params),
+        "trainable_bytes": _tree_bytes(trainable),
+        "trainable_bytes_per_device": _device_bytes(trainable),
+        "optimizer_state_bytes": _tree_bytes(state["opt_state"]),
+        "optimizer_state_bytes_per_device": _device_bytes(state["opt_state"]),
+    }
 
 
 def _weights_load_bytes(init_from: str, parameters: int) -> tuple[float, str]:
@@ -397,6 +507,8 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
     new_eot = config.data.eot == "new" or (config.data.eot == "auto" and config.data.template != "chat")
     vocab = dict(vocab_size=preset.vocab_size + 1, eot_token_id=preset.vocab_size) if new_eot else {}
     model_config = preset.replace(**vocab, **model_config_overrides(config))
+    # LoRA: the new end of turn's rows train beside the adapters, as in a run.
+    model_config = with_lora(config, model_config, new_token_ids=(preset.vocab_size,) if new_eot else ())
     # The schedule's length changes only learning-rate values, not what is compiled.
     sharded = compile_train_step(config, model_config, mesh, total_steps=1000)
     b, t = config.data.global_batch_size, config.data.max_len
@@ -414,7 +526,7 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
         "devices": len(devices),
         "mesh": shape,
         "model": config.model.preset,
-        "parameters": sharded.fns.matmul_param_count(),
+        "parameters": matmul_parameters(model_config),
         "global_batch": f"{b} x {t}, {config.train.grad_accum_steps} micro-batches",
         "remat": config.model.remat,
         "attention": config.model.attention,
@@ -427,6 +539,7 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
         },
         "hbm_gib": hbm,
         "fits": None if hbm is None else peak / 2**30 <= hbm,
+        "train_state": train_state_sizes(sharded, model_config),
     }
     report.update(_step_cost(config, compiled, sharded, model_config, len(devices), kind))
     report.update(_run_estimate(config, sharded, compile_s, report["step_cost"]))
@@ -438,9 +551,7 @@ def _step_cost(config, compiled, sharded, model_config, n_devices: int, kind: st
     time on the chip, and its time at config.plan.mfu from the analytic model FLOPs."""
     b, t = config.data.global_batch_size, config.data.max_len
     cost = loop_counted_cost(compiled.executable)
-    model_flops = total_flops_per_token(
-        sharded.fns.matmul_param_count(), model_config.n_layers, t,
-        model_config.n_heads * model_config.head_dim) * b * t
+    model_flops = model_flops_per_token(model_config, t) * b * t
     entry = chip(kind)
     mfu = float(config.plan.mfu)
     step = {
@@ -454,6 +565,9 @@ def _step_cost(config, compiled, sharded, model_config, n_devices: int, kind: st
         "uncounted_loops": cost["uncounted_loops"],
         "loop_count_error": cost.get("loop_count_error"),
         "model_flops": model_flops,  # 6 x matmul params x tokens + causal attention, all devices
+        # (LoRA: 4 x frozen + 6 x trainable matmul params: no weight gradient of the frozen base)
+        "model_flops_formula": ("4 x frozen + 6 x trainable matmul params x tokens + attention (LoRA)"
+                                if model_config.lora else "6 x matmul params x tokens + attention"),
         "xla_over_model_flops": cost["flops"] * n_devices / model_flops,
         "peak_flops_per_device": entry.peak_flops if entry else None,
         "hbm_bandwidth_per_device": entry.hbm_bandwidth if entry else None,
@@ -471,13 +585,21 @@ def _step_cost(config, compiled, sharded, model_config, n_devices: int, kind: st
 
 
 def _run_estimate(config, sharded, compile_s: float, step: dict) -> dict:
-    """The checkpoint sizes, the data plan's steps, and the run's wall clock."""
+    """The checkpoint sizes, the data plan's steps, and the run's wall clock.
+
+    Under LoRA a checkpoint holds the adapters (and token rows) and their optimizer state, a
+    snapshot the adapters: the frozen base is read again from model.init_from (its load is the
+    plain model's, 2 bytes a parameter unless the files say otherwise), and the export is the
+    merged model's bfloat16 parameters."""
     state = sharded.abstract_state
-    parameters = int(sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"])))
+    lora = sharded.fns.lora
+    saved = {**state, "params": sharded.fns.trainable(state["params"])} if lora else state
+    parameters = _count(state["params"]) if not lora else plain_parameters(sharded.fns.model_config)
+    saved_parameters = _count(saved["params"])  # what a snapshot holds
     snapshot_dtype = config.checkpoint.get("snapshot_dtype", "bfloat16")
-    full_state_bytes = _tree_bytes(state)
-    snapshot_bytes = parameters * np.dtype(jax.numpy.dtype(snapshot_dtype)).itemsize
-    export_bytes = 2 * parameters  # bfloat16
+    full_state_bytes = _tree_bytes(saved)
+    snapshot_bytes = saved_parameters * np.dtype(jax.numpy.dtype(snapshot_dtype)).itemsize
+    export_bytes = 2 * parameters  # bfloat16 (LoRA: the adapters merged into the base)
     init_bytes, init_source = _weights_load_bytes(config.model.init_from, parameters)
     steps_per_epoch, reason = data_steps_per_epoch(config)
     unknown = []
@@ -495,7 +617,8 @@ def _run_estimate(config, sharded, compile_s: float, step: dict) -> dict:
         max_steps=int(config.train.max_steps), unknown_reason="; ".join(unknown))
     estimate = run_model.estimate_run(**inputs)
     estimate.update(parameters=parameters, parameter_bytes=_tree_bytes(state["params"]),
-                    optimizer_state_bytes=_tree_bytes(state["opt_state"]),
+                    saved_parameters=saved_parameters, saved_parameter_bytes=_tree_bytes(saved["params"]),
+                    optimizer_state_bytes=_tree_bytes(state["opt_state"]), lora=lora,
                     snapshot_dtype=snapshot_dtype, weights_load_bytes=init_bytes,
                     weights_load_source=init_source)
     return {"run_estimate": estimate, "run_estimate_inputs": dict(inputs, mfu=step["mfu"])}
@@ -526,6 +649,17 @@ def format_plan(report: dict) -> str:
         f"{memory['arguments']:.2f} GiB, temp {memory['temp']:.2f} GiB, peak {memory['peak']:.2f} GiB"
         f" of {report['hbm_gib']} GiB HBM: {verdict}",
     ]
+    sizes = report.get("train_state")
+    if sizes:
+        gib = lambda n: f"{n / 2**30:,.2f} GiB"  # noqa: E731
+        lines.append(
+            f"plan: train state: {sizes['parameters'] / 1e9:,.2f}B parameters, "
+            + (f"{sizes['trainable_parameters'] / 1e6:,.2f}M trainable ({sizes['lora']})"
+               if sizes["lora"] else "all trainable (full fine-tuning)")
+            + f"; per device: parameters {gib(sizes['param_bytes_per_device'])}"
+            + (f" (trainable {gib(sizes['trainable_bytes_per_device'])})" if sizes["lora"] else "")
+            + f", optimizer state {gib(sizes['optimizer_state_bytes_per_device'])}; in all: parameters "
+            f"{_gb(sizes['param_bytes'])}, optimizer state {_gb(sizes['optimizer_state_bytes'])}")
     step, run = report.get("step_cost"), report.get("run_estimate")
     if not step or not run:
         return "\n".join(lines)
@@ -538,7 +672,7 @@ def format_plan(report: dict) -> str:
         f"plan: step cost per device (XLA cost analysis of the partitioned program{loops}): "
         f"{_si(step['flops_per_device'], 'FLOP')}, {_si(step['bytes_accessed_per_device'], 'B')} "
         f"accessed; x {report['devices']} devices = {step['xla_over_model_flops']:.2f} x the model's "
-        f"{_si(step['model_flops'], 'FLOP')} (6 x matmul params x tokens + attention)"
+        f"{_si(step['model_flops'], 'FLOP')} ({step.get('model_flops_formula', '6 x matmul params x tokens + attention')})"
         + ("; Pallas kernels are not in XLA's count" if report["pallas_kernels"] else ""))
     roofline = step["roofline"]
     if roofline:
@@ -557,8 +691,11 @@ def format_plan(report: dict) -> str:
              f" = {sum(spe)} steps" + (f" (cut to {run['steps']})" if run["steps"] != sum(spe) else ""))
     lines.append(f"plan: data: {steps}" + (f" ({run['unknown']})" if run["unknown"] else ""))
     lines.append(
-        f"plan: checkpoints at {run['storage_gbps']:g} GB/s: full train state "
-        f"{_gb(run['full_state_bytes'])} ({run['full_state_write_s']:.0f} s to write), parameters-only "
+        f"plan: checkpoints at {run['storage_gbps']:g} GB/s: full train state"
+        + (" (adapters + their optimizer state; the frozen base is read again from model.init_from)"
+           if run.get("lora") else "")
+        + f" {_gb(run['full_state_bytes'])} ({run['full_state_write_s']:.0f} s to write), "
+        f"{'adapters-only' if run.get('lora') else 'parameters-only'} "
         f"snapshot ({run['snapshot_dtype']}) {_gb(run['snapshot_bytes'])} "
         f"({run['snapshot_write_s']:.0f} s); policy {run['policy']}"
         + (f": {run['saves'][run_model.FULL]} full, {run['saves'][run_model.SNAPSHOT]} snapshots, "
@@ -571,7 +708,8 @@ def format_plan(report: dict) -> str:
             ("checkpoints", run["checkpoint_s"], "writes not overlapping compute"
              + (f" (blocked {duration(run['stall_s'])}, final wait {duration(run['final_wait_s'])})"
                 if run["stall_s"] is not None else "")),
-            ("export", run["breakdown"]["export_s"], "bfloat16 parameters"),
+            ("export", run["breakdown"]["export_s"],
+             "bfloat16 parameters" + (", the adapters merged" if run.get("lora") else "")),
             ("total", run["total_s"], "" if run["total_s_full_state_policy"] is None else
              f"full-state policy: {duration(run['total_s_full_state_policy'])}")]
     lines.append("plan: run estimate")

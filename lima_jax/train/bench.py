@@ -16,7 +16,11 @@ dropout is 0 in both (transformers' LLaMA has no residual dropout), so like is c
 like. Figure: tokens (B*T) per second of the median step; MFU against ``lima_jax.chips``' peak
 where the chip's is known (accelerators), null on CPU. Without ``--config`` it measures the CPU
 demo and a ~110M-parameter config (preset 100m, seq 256, batch 2, float32 compute: bf16 matmuls
-are slower on most CPUs).
+are slower on most CPUs), and that config again with LoRA (``config.lora``: rank 8 on all seven
+projections, alpha 16, dropout 0.05, float32 base). With LoRA the baseline is the same
+transformers model wrapped by ``peft.get_peft_model`` (a ``LoraConfig`` of the same rank, alpha,
+dropout and target modules), with torch AdamW over the LoRA parameters only (those that require
+a gradient), as our step updates the adapters only.
 ``--override KEY=VALUE`` changes a config key as ``--config.KEY=VALUE`` does for a run.
 """
 
@@ -36,23 +40,27 @@ import numpy as np
 from lima_jax import cli
 from lima_jax import sharding as sharding_lib
 from lima_jax.chips import peak_flops_per_device
+from lima_jax.errors import LimaError
 from lima_jax.model import LlamaConfig, get_preset
 from lima_jax.train.config import (
     get_base_config,
     model_config_overrides,
-    total_flops_per_token,
     validate_config,
 )
+from lima_jax.train.aot import model_flops_per_token
 from lima_jax.train.step import compile_train_step
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 GOAL_RATIO = 1.5
-VERSIONS = ("jax", "jaxlib", "flax", "optax", "torch", "transformers")  # stamped by lima_jax.bench
+VERSIONS = ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "peft")  # stamped by lima_jax.bench
+_100M = ("model.preset=100m", "model.dtype=float32", "model.scan_unroll=0", "data.max_len=256",
+         "data.global_batch_size=2")
 # (label, config file or None for get_base_config(), overrides, default timed steps per side).
 DEFAULT_MEASUREMENTS = (
     ("demo", str(_REPO / "configs" / "demo.py"), (), 20),
-    ("100m", None, ("model.preset=100m", "model.dtype=float32", "model.scan_unroll=0", "data.max_len=256",
-                    "data.global_batch_size=2"), 6),
+    ("100m", None, _100M, 6),
+    ("100m-lora", None, (*_100M, "lora.rank=8", "lora.alpha=16.0", "lora.dropout=0.05",
+                         "lora.targets=q,k,v,o,gate,up,down"), 6),
 )
 
 
@@ -60,7 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a config file (configs/*.py); default: demo and 100m")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="set a config key, e.g. model.preset=100m (repeatable)")
-    parser.add_argument("--steps", type=int, help="timed steps per side (default: 20 demo, 6 100m, 10 --config)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated labels of the default measurements to run "
+                             f"({', '.join(m[0] for m in DEFAULT_MEASUREMENTS)}); default: all")
+    parser.add_argument("--steps", type=int,
+                        help="timed steps per side (default: 20 demo, 6 100m and 100m-lora, 10 --config)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternating blocks the timed steps are split into")
     parser.add_argument("--torch-threads", default="",
@@ -81,11 +93,14 @@ def load_config(path: str | None, overrides=()) -> ml_collections.ConfigDict:
 
 def model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
     """The run's LlamaConfig without a tokenizer: the preset's vocabulary, or, for generated
-    data (the demo), the SentencePiece size it trains plus LIMA's EOT; no residual dropout."""
+    data (the demo), the SentencePiece size it trains plus LIMA's EOT; no residual dropout; the
+    run's LoRA adapters (`config.lora`, no new token rows: the batch has the preset's ids)."""
+    from lima_jax.train.state import with_lora
+
     overrides = dict(model_config_overrides(config), residual_dropout=0.0)
     if config.data.path.startswith("generated:"):
         overrides["vocab_size"] = config.data.train_tokenizer.vocab_size + 1
-    return get_preset(config.model.preset).replace(**overrides)
+    return with_lora(config, get_preset(config.model.preset).replace(**overrides))
 
 
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -109,6 +124,7 @@ class Ours:
         self.compiled = sharded.compile(self.state, self.batch)
         self.compile_s = self.compiled.compile_s
         self.params = sum(x.size for x in jax.tree.leaves(self.state["params"]))
+        self.trainable_params = sum(x.size for x in jax.tree.leaves(self.fns.trainable(self.state["params"])))
         self.mesh_shape = dict(sharded.mesh.shape)
 
     def step(self) -> float:
@@ -119,8 +135,14 @@ class Ours:
         return time.perf_counter() - start
 
 
+# lima_jax's LoRA targets -> the module names peft finds in transformers' LlamaForCausalLM.
+PEFT_TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj",
+                "up": "up_proj", "down": "down_proj"}
+
+
 class Torch:
-    """transformers' LlamaForCausalLM + torch AdamW, eager float32."""
+    """transformers' LlamaForCausalLM + torch AdamW, eager float32; under LoRA (`model.lora`)
+    wrapped by peft.get_peft_model, AdamW over the LoRA parameters only."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: LlamaConfig, batch: dict):
         import torch  # imported here: only the baseline needs it
@@ -135,8 +157,17 @@ class Torch:
                   if k not in ("architectures", "model_type", "torch_dtype")}
         hf_config = HFLlamaConfig(**fields)
         hf_config._attn_implementation = "sdpa"
-        self.model = LlamaForCausalLM(hf_config).float().train()
-        params = list(self.model.parameters())
+        self.model = LlamaForCausalLM(hf_config).float()
+        if model.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            lora = model.lora
+            self.model = get_peft_model(self.model, LoraConfig(
+                r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                target_modules=[PEFT_TARGETS[t] for t in lora.targets]))
+        self.model.train()
+        self.all_params = sum(p.numel() for p in self.model.parameters())
+        params = [p for p in self.model.parameters() if p.requires_grad]
         o = config.optimizer
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
@@ -150,7 +181,9 @@ class Torch:
         self.clip_norm = o.clip_norm
         self.tokens = torch.as_tensor(batch["tokens"], dtype=torch.long)
         self.targets = torch.as_tensor(batch["targets"], dtype=torch.long).reshape(-1)
-        self.params = sum(p.numel() for p in params)
+        self.trainable = params
+        self.params = self.all_params
+        self.trainable_params = sum(p.numel() for p in params)
 
     def step(self, threads: int) -> float:
         """One update (forward, backward, clip, AdamW, zero grads) with `threads`; seconds."""
@@ -162,7 +195,7 @@ class Torch:
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets)
         loss.backward()
         if self.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss.item()  # CPU torch is synchronous; this only makes the end explicit
@@ -200,14 +233,19 @@ def measure(label: str, config: ml_collections.ConfigDict, steps: int, rounds: i
     base_s = base_by_threads[base_threads]
     step_s, base_step_s = statistics.median(ours_s), statistics.median(base_s)
     tokens = rows * length
+    peft_text, over = (" + peft.get_peft_model LoRA", " over the LoRA parameters") if model.lora else ("", "")
     tps, base_tps = tokens / step_s, tokens / base_step_s
-    flops_per_token = total_flops_per_token(ours.fns.matmul_param_count(), model.n_layers, length,
-                                            model.n_heads * model.head_dim)
+    # LoRA: no weight gradient of the frozen base (lima_jax.train.aot.model_flops_per_token).
+    flops_per_token = model_flops_per_token(model, length)
     peak = peak_flops_per_device()
     mfu = flops_per_token * tps / jax.device_count() / peak if peak else None
     kind = jax.devices()[0].device_kind
     shape = (f"D={model.dim} L={model.n_layers} N={model.n_heads} K={model.n_kv_heads} "
              f"F={model.mlp_dim} V={model.vocab_size}{' tied' if model.tie_embeddings else ''}")
+    lora = model.lora
+    if lora is not None:
+        shape += (f", LoRA rank {lora.rank} alpha {lora.alpha:g} dropout {lora.dropout:g} on "
+                  f"{','.join(lora.targets)}, {ours.trainable_params / 1e6:.2f}M trainable")
     description = (f"{label}: preset {config.model.preset} ({shape}), {ours.params / 1e6:.1f}M params, "
                    f"seq {length}, batch {rows}, compute {model.dtype}, params {model.param_dtype}, "
                    f"residual dropout 0, synthetic full rows, {jax.device_count()} x {kind} "
@@ -216,12 +254,16 @@ def measure(label: str, config: ml_collections.ConfigDict, steps: int, rounds: i
         "benchmark": "train",
         "name": f"train/{label}",
         "config": description,
-        "baseline_name": (f"transformers LlamaForCausalLM (sdpa) + torch.optim.AdamW, eager "
-                          f"float32, {base_threads} threads (fastest of {list(torch_threads)})"),
+        "baseline_name": (f"transformers LlamaForCausalLM (sdpa){peft_text} + torch.optim.AdamW{over}, "
+                          f"eager float32, {base_threads} threads (fastest of {list(torch_threads)})"),
         "baseline_threads": base_threads,
         "tokens_per_step": tokens,
         "params": int(ours.params),
         "baseline_params": int(base.params),
+        "trainable_params": int(ours.trainable_params),
+        "baseline_trainable_params": int(base.trainable_params),
+        "lora": None if lora is None else {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
+                                           "targets": list(lora.targets)},
         "compile_s": round(ours.compile_s, 2),
         "step_s": round(step_s, 4),
         "step_times_s": [round(s, 4) for s in ours_s],
@@ -236,8 +278,8 @@ def measure(label: str, config: ml_collections.ConfigDict, steps: int, rounds: i
         "mfu": None if mfu is None else round(mfu, 4),
         "figure": (f"{tps:,.0f} tokens/s, compile {ours.compile_s:.1f}s"
                    + (f", MFU {mfu:.1%}" if mfu is not None else "")),
-        "baseline": (f"{base_tps:,.0f} tokens/s (transformers + torch AdamW, sdpa, eager float32, "
-                     f"{base_threads} threads)"),
+        "baseline": (f"{base_tps:,.0f} tokens/s (transformers{' + peft LoRA' if lora else ''} + torch "
+                     f"AdamW{over}, sdpa, eager float32, {base_threads} threads)"),
         "ratio": round(tps / base_tps, 2),
         "goal_met": tps / base_tps >= GOAL_RATIO,
     }
@@ -248,6 +290,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         plan = [(pathlib.Path(args.config).stem, args.config, (), 10)]
     else:
         plan = list(DEFAULT_MEASUREMENTS)
+        only = [label.strip() for label in args.only.split(",") if label.strip()]
+        unknown = sorted(set(only) - {m[0] for m in plan})
+        if unknown:
+            raise LimaError(f"--only {','.join(unknown)}: the measurements are "
+                            f"{', '.join(m[0] for m in plan)}")
+        plan = [m for m in plan if not only or m[0] in only]
     rows = []
     for label, path, overrides, default_steps in plan:
         config = load_config(path, [*overrides, *args.override])

@@ -102,6 +102,39 @@ def test_the_plan_check_estimates_the_run_without_data(cpu_plan):
     assert "steps per epoch unknown: no data.path" in text and "plan:   total" in text
 
 
+def test_a_lora_plan_shows_the_optimizer_state_at_the_adapters_size(cpu_plan):
+    from lima_jax.train.aot import format_plan
+
+    c = _cpu_plan_config()
+    c.lora.rank, c.lora.alpha = 8, 16.0  # all seven targets; the new EOT's rows train too
+    lora = compile_plan(c)
+    full, small = cpu_plan["train_state"], lora["train_state"]
+    assert full["lora"] is None and full["trainable_parameters"] == full["parameters"]
+    assert small["lora"].startswith("LoRA rank 8") and small["parameters"] == full["parameters"]
+    assert 0 < small["trainable_parameters"] < 0.03 * small["parameters"]
+    # AdamW: two float32 moments of every trainable parameter (+ its two int32 step counters),
+    # in all and on each device (the moments are sharded like their adapters).
+    counters = full["optimizer_state_bytes"] - 2 * full["trainable_bytes"]
+    assert 0 < counters <= 16
+    assert small["optimizer_state_bytes"] == 2 * small["trainable_bytes"] + counters
+    assert small["optimizer_state_bytes_per_device"] == 2 * small["trainable_bytes_per_device"] + counters
+    assert small["optimizer_state_bytes"] < 0.05 * full["optimizer_state_bytes"]
+    assert small["optimizer_state_bytes_per_device"] < 0.15 * full["optimizer_state_bytes_per_device"]
+    assert lora["per_device_gib"]["arguments"] < 0.6 * cpu_plan["per_device_gib"]["arguments"]
+    # A LoRA checkpoint holds the adapters and their optimizer state, not the frozen base; the
+    # export is the merged model.
+    run = lora["run_estimate"]
+    assert run["full_state_bytes"] == small["trainable_bytes"] + small["optimizer_state_bytes"] + 8 + 4
+    assert run["snapshot_bytes"] == 2 * small["trainable_parameters"]
+    assert run["export_bytes"] == cpu_plan["run_estimate"]["export_bytes"] == 2 * full["parameters"]
+    # No weight gradient of the frozen base: 4 FLOPs per frozen matmul parameter, not 6.
+    step, full_step = lora["step_cost"], cpu_plan["step_cost"]
+    assert step["model_flops"] < 0.75 * full_step["model_flops"]
+    assert step["flops_per_device"] < full_step["flops_per_device"]
+    text = format_plan(lora)
+    assert "trainable (LoRA rank 8" in text and "optimizer state" in text and "adapters-only snapshot" in text
+
+
 def test_the_plan_check_estimates_the_run_from_the_data_plan(shared_data, monkeypatch, tmp_path):
     from lima_jax.chips import Chip
     from lima_jax.train import aot

@@ -73,3 +73,40 @@ def test_a_bad_override_is_one_error_line(capsys):
     assert bench.main(["train", "--no-record", "--override", "data.max_len=abc"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "data.max_len" in err and "\n" not in err
+
+
+def test_train_bench_lora_row_against_peft(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    config = tmp_path / "tiny.py"
+    config.write_text(TINY_CONFIG)
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(bench, "RESULTS", results)
+    monkeypatch.setattr(bench.append_result, "__defaults__", (results,))
+    code = bench.main(["train", "--json", "--config", str(config), "--override", "mesh.fsdp=4",
+                       "--override", "mesh.tensor=2", "--override", "lora.rank=4",
+                       "--override", "lora.alpha=8.0", "--steps", "1", "--rounds", "1",
+                       "--torch-threads", "1"])
+    assert code == 0
+    row = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][0])
+    assert row["lora"] == {"rank": 4, "alpha": 8.0, "dropout": 0.05,
+                           "targets": ["q", "k", "v", "o", "gate", "up", "down"]}
+    # The same adapters on both sides: ours on the stacked layers, peft's on each nn.Linear.
+    assert row["params"] == row["baseline_params"] > row["trainable_params"]
+    assert row["trainable_params"] == row["baseline_trainable_params"] > 0
+    assert "peft" in row["baseline_name"] and "LoRA rank 4" in row["config"]
+    assert row["tokens_per_s"] > 0 and row["baseline_tokens_per_s"] > 0
+    assert "peft LoRA" in results.read_text().splitlines()[-1]
+
+
+def test_only_names_the_default_measurements(capsys):
+    from lima_jax.train.bench import DEFAULT_MEASUREMENTS
+
+    labels = [m[0] for m in DEFAULT_MEASUREMENTS]
+    assert labels == ["demo", "100m", "100m-lora"]
+    lora = dict((m[0], m[2]) for m in DEFAULT_MEASUREMENTS)["100m-lora"]
+    assert "lora.rank=8" in lora and "lora.targets=q,k,v,o,gate,up,down" in lora
+    assert bench.main(["train", "--no-record", "--only", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--only nope" in err and "100m-lora" in err

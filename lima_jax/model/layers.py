@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from lima_jax.model.config import LlamaConfig, RopeScaling
-from lima_jax.model.lora import linear, make_projection
+from lima_jax.model.lora_layers import linear, make_projection
 
 
 def logical_param(rngs: nnx.Rngs, init, shape, dtype, axes: tuple[str | None, ...]) -> nnx.Param:

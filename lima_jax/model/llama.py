@@ -22,8 +22,10 @@ from lima_jax.model.layers import (
     rope_cos_sin,
     rope_inverse_frequencies,
 )
-from lima_jax.model.lora import adapter_keys, with_token_rows
+from lima_jax.model.lora_layers import adapter_keys, with_token_rows
 
+# LoRA: the trained rows (and, untied, output columns) of new tokens such as a new end of turn.
+TOKEN_ROWS, TOKEN_HEAD = "token_rows", "token_head"
 REMAT_POLICY = {
     "full": None,  # save nothing but the layer's input
     "dots": jax.checkpoint_policies.checkpoint_dots,

@@ -212,3 +212,29 @@ def test_a_cell_decodes_an_epoch_from_its_snapshot(tmp_path):
     assert _checkpoint_for(tmp_path, 0) == tmp_path  # the workdir: its newest step
     with pytest.raises(AblationError, match="epoch 3's checkpoint was not kept"):
         _checkpoint_for(tmp_path, 3)
+
+
+def test_a_lora_recipe_runs_end_to_end(tmp_path):
+    """The recipe's `lora` block reaches every cell: each trains adapters on the shared base and is
+    decoded through its adapters merged onto that base."""
+    from flax import nnx
+
+    from lima_jax.checkpoint import save_model
+    from lima_jax.model import get_preset
+    from lima_jax.model.llama import Llama
+
+    base = tmp_path / "base"  # the tiny recipe's shape, for its 512-piece tokenizer (no EOT)
+    shape = get_preset("tiny").replace(dim=64, n_layers=2, max_seq_len=128, vocab_size=512, eot_token_id=None)
+    save_model(Llama(shape, rngs=nnx.Rngs(0)), base)
+    workdir = tmp_path / "ablate"
+    result = _cli(f"--config.workdir={workdir}", f"--config.recipe.model.init_from={base}",
+                  "--config.recipe.model.dim=0", "--config.recipe.model.n_layers=0",
+                  "--config.recipe.lora.rank=4", "--config.recipe.lora.base_dtype=int8",
+                  "--config.recipe.optimizer.learning_rate=1e-2", "--config.decode.num_samples=1",
+                  "--config.decode.batch_size=3", cache=tmp_path / "jax_cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = {r["cell"]: r for r in _results(workdir)["cells"]}
+    assert all(r["status"] == "done" and r["train"]["status"] == "completed" for r in cells.values())
+    assert all(r["scored"] + r["skipped"] == 3 for r in cells.values())
+    run = json.loads((workdir / "cells" / "n16" / "train" / "config.json").read_text())
+    assert run["lora"]["rank"] == 4 and run["lora"]["base_dtype"] == "int8"

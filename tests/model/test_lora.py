@@ -125,3 +125,19 @@ def test_bad_lora_values_name_the_key(spec, message):
 def test_the_spec_round_trips_through_json():
     config = BASE.replace(lora=LoraSpec(rank=8, alpha=32.0, targets=("q", "v"), base_dtype="nf4", token_ids=(299,)))
     assert LlamaConfig.from_json(config.to_json()) == config
+
+
+def test_the_kv_cache_decoder_runs_an_adapted_quantized_model_as_its_merge(plain):
+    """In-training exact match decodes the LoRA model itself (its base dequantized layer by layer);
+    greedy tokens equal those of the merged weights."""
+    from lima_jax.decode.generate import Generator
+    from lima_jax.decode.sampling import SamplingConfig
+
+    _, config, params, _ = _lora(plain, base_dtype="nf4", token_ids=(299,))
+    params = _moved(params, seed=1)
+    merged_params, merged_config = lora.merge(params, config)
+    greedy = SamplingConfig(temperature=0.0)
+    prompts = [[1, 5, 299, 7], [3, 4]]
+    adapted = Generator(_model(config, params)).generate(prompts, sampling=greedy, max_new_tokens=6)
+    merged = Generator(_model(merged_config, merged_params)).generate(prompts, sampling=greedy, max_new_tokens=6)
+    assert [g.tokens for g in adapted] == [g.tokens for g in merged]

@@ -233,7 +233,7 @@ def _reinitialised_rows(meta: dict, config: LlamaConfig) -> dict | None:
     trained, `lima_jax.train.base_weights.initial_params`), as `write_peft`'s base_rows: PEFT's
     copy of the base lacks them. Only the tables of a Hugging Face base are read, as the run read
     them; None when none was re-initialised (or the base is not a Hugging Face directory here)."""
-    from lima_jax.model.hf import _SafetensorsReader, append_vocab_rows, load_hf_config
+    from lima_jax.model.hf import SafetensorsReader, append_vocab_rows, load_hf_config
     from lima_jax.model.vocab_rows import reinit_untrained_rows
     from lima_jax.train.base_weights import LORA_BASE_META
 
@@ -246,7 +246,7 @@ def _reinitialised_rows(meta: dict, config: LlamaConfig) -> dict | None:
         return None
     stored = load_hf_config(base)
     v, d, added, padded = stored.vocab_size, config.dim, config.vocab_size - stored.vocab_size, config.padded_vocab_size
-    dtype, reader = NUMPY_DTYPES[config.param_dtype], _SafetensorsReader(base)
+    dtype, reader = NUMPY_DTYPES[config.param_dtype], SafetensorsReader(base)
     tables = {"embedding": append_vocab_rows(reader.get("model.embed_tokens.weight", (v, d)).astype(dtype),
                                              v, added, padded)}
     if not config.tie_embeddings:

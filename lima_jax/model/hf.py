@@ -274,7 +274,7 @@ def _read_weight_map(index: pathlib.Path) -> dict[str, str]:
                           "a download cut short? fetch the file again")
 
 
-class _SafetensorsReader:
+class SafetensorsReader:
     """Reads named tensors lazily from `model.safetensors` or a sharded index."""
 
     def __init__(self, hf_dir: pathlib.Path):
@@ -355,7 +355,7 @@ def from_hf(
     hf_vocab = config.vocab_size
     if add_eot:
         config = config.replace(vocab_size=hf_vocab + 1, eot_token_id=hf_vocab)
-    reader = _SafetensorsReader(hf_dir)
+    reader = SafetensorsReader(hf_dir)
     np_dtype = NUMPY_DTYPES[dtype]
 
     graphdef, state = nnx.split(abstract_model(config))

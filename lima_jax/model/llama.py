@@ -200,27 +200,39 @@ class Llama(nnx.Module):
     def logits(self, x_btd: jax.Array) -> jax.Array:
         """Final norm and output head: [B, T, D] -> logits [B, T, V_padded], the padded
         vocabulary columns set to the dtype's minimum."""
-        return vocab_logits(self.final_norm(x_btd), self.output_weight(), self.config)
+        return vocab_logits(self.final_norm(x_btd), self.output_weight(), self.config, self.token_columns())
 
     def output_weight(self) -> jax.Array:
         """The output projection [D, V_padded] in the parameters' dtype: `lm_head`, or the
-        embedding's transpose when the embeddings are tied; under LoRA with the trained columns
-        of new tokens in place."""
-        weight_dv = self.embedding[...].T if self.config.tie_embeddings else self.lm_head[...]
+        embedding's transpose when the embeddings are tied (under LoRA the frozen one: the
+        trained columns of new tokens are `token_columns`)."""
+        if self.config.tie_embeddings:
+            return self.embedding[...].T
+        return self.lm_head[...]
+
+    def token_columns(self) -> tuple[tuple[int, ...], jax.Array] | None:
+        """LoRA's trained output columns of new tokens: (their ids, columns [D, R]), or None.
+        They replace those logits after the frozen head's matmul, so the backward pass never
+        forms the gradient of the whole [D, V] head."""
         token_ids = self.config.lora.token_ids if self.config.lora else ()
-        if token_ids:
-            cols = self.token_rows[...].T if self.config.tie_embeddings else self.token_head[...]
-            weight_dv = weight_dv.at[:, jnp.asarray(token_ids)].set(cols.astype(weight_dv.dtype))
-        return weight_dv
+        if not token_ids:
+            return None
+        cols = self.token_rows[...].T if self.config.tie_embeddings else self.token_head[...]
+        return token_ids, cols
 
 
-def vocab_logits(h_btd: jax.Array, weight_dv: jax.Array, config: LlamaConfig) -> jax.Array:
+def vocab_logits(h_btd: jax.Array, weight_dv: jax.Array, config: LlamaConfig, token_columns=None) -> jax.Array:
     """The output head on final-norm outputs: h [B, T, D] times `weight_dv` [D, V_padded]
-    (`Llama.output_weight`) in the compute dtype, cast to `config.logits_dtype`, with the
+    (`Llama.output_weight`) in the compute dtype, with the columns of `token_columns`
+    (`Llama.token_columns`) computed apart and set in, cast to `config.logits_dtype`, with the
     columns at or beyond `config.vocab_size` (vocabulary padding) set to the dtype's minimum so
     they never win a softmax or an argmax. The one recipe for the model's logits and the
     chunked loss's (lima_jax.train.loss), so both round alike."""
-    logits = project(h_btd, weight_dv.astype(jnp.dtype(config.dtype)))
+    dtype = jnp.dtype(config.dtype)
+    logits = project(h_btd, weight_dv.astype(dtype))
+    if token_columns is not None:
+        ids, cols_dr = token_columns
+        logits = logits.at[..., jnp.asarray(ids)].set(project(h_btd, cols_dr.astype(dtype)))
     logits = logits.astype(jnp.dtype(config.logits_dtype))
     if config.padded_vocab_size > config.vocab_size:
         is_real = jnp.arange(config.padded_vocab_size) < config.vocab_size

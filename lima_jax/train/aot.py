@@ -512,11 +512,25 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
     # The schedule's length changes only learning-rate values, not what is compiled.
     sharded = compile_train_step(config, model_config, mesh, total_steps=1000)
     b, t = config.data.global_batch_size, config.data.max_len
-    compiled = sharded.compile(sharded.abstract_state, sharded.abstract_batch(b, t))
+    kind = devices[0].device_kind
+    try:
+        compiled = sharded.compile(sharded.abstract_state, sharded.abstract_batch(b, t))
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        # The TPU compiler refuses a program that cannot fit: that is the plan check's answer.
+        return {
+            "topology": config.topology or f"local {kind}", "device_kind": kind, "devices": len(devices),
+            "mesh": shape, "model": config.model.preset, "parameters": matmul_parameters(model_config),
+            "global_batch": f"{b} x {t}, {config.train.grad_accum_steps} micro-batches",
+            "remat": config.model.remat, "attention": config.model.attention, "pallas_kernels": [],
+            "compile_s": None, "per_device_gib": None, "hbm_gib": hbm_gib(kind), "fits": False,
+            "compile_error": str(err).strip().splitlines()[0],
+            "train_state": train_state_sizes(sharded, model_config),
+        }
     kernels = sorted(set(re.findall(r"lima_flash_attention_\w+", compiled.lowered.as_text())))
     compile_s = compiled.compile_s
     memory = compiled.memory_analysis()
-    kind = devices[0].device_kind
     hbm = hbm_gib(kind)
     peak = getattr(memory, "peak_memory_in_bytes", 0) or (
         memory.argument_size_in_bytes + memory.temp_size_in_bytes)
@@ -645,6 +659,8 @@ def format_plan(report: dict) -> str:
         f"{report['device_kind']}), mesh {report['mesh']}, batch {report['global_batch']}, "
         f"remat {report['remat']}, attention {report['attention']}"
         + (f" (Pallas: {', '.join(report['pallas_kernels'])})" if report["pallas_kernels"] else ""),
+        f"plan: DOES NOT FIT: the compiler refused the step ({report['compile_error']})"
+        if report.get("compile_error") else
         f"plan: compiled in {report['compile_s']}s; per device: arguments "
         f"{memory['arguments']:.2f} GiB, temp {memory['temp']:.2f} GiB, peak {memory['peak']:.2f} GiB"
         f" of {report['hbm_gib']} GiB HBM: {verdict}",

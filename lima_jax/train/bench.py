@@ -42,12 +42,12 @@ from lima_jax import sharding as sharding_lib
 from lima_jax.chips import peak_flops_per_device
 from lima_jax.errors import LimaError
 from lima_jax.model import LlamaConfig, get_preset
+from lima_jax.train.aot import model_flops_per_token
 from lima_jax.train.config import (
     get_base_config,
     model_config_overrides,
     validate_config,
 )
-from lima_jax.train.aot import model_flops_per_token
 from lima_jax.train.step import compile_train_step
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -36,8 +36,9 @@ from lima_jax.data import build_pipeline
 from lima_jax.errors import LimaError
 from lima_jax.jsonl import write_json
 from lima_jax.model import lora as lora_lib
+from lima_jax.train.aot import model_flops_per_token
 from lima_jax.train.base_weights import LORA_BASE_META, initial_params
-from lima_jax.train.config import make_run_mesh, total_flops_per_token, validate_config
+from lima_jax.train.config import make_run_mesh, validate_config
 from lima_jax.train.metrics import MetricsLogger, StepTimer, plot_loss_curve
 from lima_jax.train.preemption import watch_preemption
 from lima_jax.train.prefetch import LOOP_EVENTS, BatchPrefetcher, global_batch
@@ -272,9 +273,8 @@ def train(config: ml_collections.ConfigDict) -> dict:
         eval_pipeline = build_pipeline(eval_data, tokenizer=tokenizer, workdir=str(workdir))
 
     # ---------------------------------------------------------------- loop
-    flops_per_token = total_flops_per_token(
-        fns.matmul_param_count(), model_config.n_layers, config.data.max_len,
-        model_config.n_heads * model_config.head_dim)
+    # 6 FLOPs per matmul parameter, and under LoRA 4 per frozen one (no weight gradient).
+    flops_per_token = model_flops_per_token(model_config, config.data.max_len)
     peak = peak_flops_per_device()
     metrics_log = MetricsLogger(workdir, enabled=is_main, total_steps=run_steps,
                                 initial_step=start_step)

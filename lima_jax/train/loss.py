@@ -48,10 +48,10 @@ def split_into_chunks(x_bt: jax.Array, positions: int) -> jax.Array:
 
 
 def chunk_sums(h_bsd: jax.Array, weight_dv: jax.Array, targets_bs: jax.Array,
-               mask_bs: jax.Array, *, config: LlamaConfig, count_correct: bool) -> dict:
+               mask_bs: jax.Array, token_columns=None, *, config: LlamaConfig, count_correct: bool) -> dict:
     """One chunk's masked cross-entropy sum (and correctly predicted tokens), from its
-    final-norm hidden states and the output weight."""
-    logits_bsv = vocab_logits(h_bsd, weight_dv, config)
+    final-norm hidden states and the output weight (and LoRA's trained token columns)."""
+    logits_bsv = vocab_logits(h_bsd, weight_dv, config, token_columns)
     ce_bs = optax.softmax_cross_entropy_with_integer_labels(logits_bsv, targets_bs)
     sums = {"ce_sum": (ce_bs * mask_bs).sum()}
     if count_correct:
@@ -62,14 +62,15 @@ def chunk_sums(h_bsd: jax.Array, weight_dv: jax.Array, targets_bs: jax.Array,
 
 def chunked_ce_sums(h_btd: jax.Array, weight_dv: jax.Array, targets_bt: jax.Array,
                     mask_bt: jax.Array, *, config: LlamaConfig, chunk_tokens: int,
-                    count_correct: bool = False) -> dict:
+                    count_correct: bool = False, token_columns=None) -> dict:
     """{'ce_sum'} (and 'correct' with `count_correct`) over a batch, chunk by chunk.
 
     h_btd: the model's final-norm hidden states (`Llama.hidden_states`); weight_dv: its
     output weight in the parameters' dtype (`Llama.output_weight`), cast to the compute
     dtype inside each chunk so that its gradient adds up over the chunks in that (float32)
     dtype rather than in bfloat16. mask_bt: float32 loss mask. Differentiable in h_btd and
-    weight_dv; the backward pass recomputes each chunk's logits.
+    weight_dv (and in token_columns, `Llama.token_columns`); the backward pass recomputes each
+    chunk's logits.
     """
     positions = positions_per_chunk(h_btd.shape[0], chunk_tokens)
     mask_bt = mask_bt.astype(jnp.float32)
@@ -81,7 +82,7 @@ def chunked_ce_sums(h_btd: jax.Array, weight_dv: jax.Array, targets_bt: jax.Arra
 
     def add_chunk(totals, chunk):
         h_bsd, targets_bs, mask_bs = chunk
-        sums = sums_of(h_bsd, weight_dv, targets_bs, mask_bs)
+        sums = sums_of(h_bsd, weight_dv, targets_bs, mask_bs, token_columns)
         return jax.tree.map(jnp.add, totals, sums), None
 
     names = ("ce_sum", "correct") if count_correct else ("ce_sum",)

@@ -132,7 +132,7 @@ class StepFunctions:
         )
         return chunked_ce_sums(h_btd, model.output_weight(), batch["targets"], batch["loss_mask"],
                                config=self.model_config, chunk_tokens=self.loss_chunk_size,
-                               count_correct=count_correct)
+                               count_correct=count_correct, token_columns=model.token_columns())
 
     def train_step(self, state: dict, batch: Batch):
         """One optimizer update on the global batch; returns (state, metrics). Under LoRA the

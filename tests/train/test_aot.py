@@ -179,3 +179,22 @@ def test_plan_keys_are_validated():
         c.plan[key] = value
         with pytest.raises(RunConfigError, match=f"config.plan.{key}"):
             validate_config(c)
+
+
+def test_the_65b_qlora_recipe_is_lima_65b_with_nf4_adapters():
+    import pathlib
+
+    from lima_jax.cli import load_config
+    from lima_jax.train.config import validate_config
+
+    configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
+    qlora, full = load_config(str(configs / "lima_65b_qlora.py")), load_config(str(configs / "lima_65b.py"))
+    assert (qlora.lora.rank, qlora.lora.alpha, qlora.lora.dropout, qlora.lora.base_dtype) == (16, 32.0, 0.05, "nf4")
+    assert qlora.lora.targets == "q,k,v,o,gate,up,down"
+    assert (qlora.model.preset, qlora.data.max_len, qlora.data.num_epochs) == ("llama1-65b", 2048, 15)
+    assert qlora.model.residual_dropout == full.model.residual_dropout == 0.3
+    # LIMA's batch of 32 as micro-batches of 8 rows: 2 a chip on v5p-8 (4 chips), 1 on v5e-8.
+    assert qlora.data.global_batch_size == 32 and qlora.train.grad_accum_steps == 4
+    for topology in ("v5p-8", "v5e-8"):
+        qlora.compile_only, qlora.topology = True, topology
+        validate_config(qlora)

@@ -138,13 +138,12 @@ def merge(params: dict, config: LlamaConfig) -> tuple[dict, LlamaConfig]:
             delta = a.reshape(layers, -1, lora.rank) @ b.reshape(layers, lora.rank, -1)
             w = w + (delta * lora.scaling).reshape(w.shape)
         layer[name] = w
-    if lora.token_ids:
-        ids = jnp.asarray(lora.token_ids, jnp.int32)
-        rows = adapters[TOKEN_ROWS]
-        plain["embedding"] = plain["embedding"].at[ids].set(rows.astype(plain["embedding"].dtype))
-        if "lm_head" in plain:
-            plain["lm_head"] = plain["lm_head"].at[:, ids].set(adapters[TOKEN_HEAD].astype(plain["lm_head"].dtype))
     plain = jax.tree.map(lambda x: x.astype(dtype), plain)
+    if lora.token_ids:  # written after the cast: the trained rows keep param_dtype's precision
+        ids = jnp.asarray(lora.token_ids, jnp.int32)
+        plain["embedding"] = plain["embedding"].at[ids].set(adapters[TOKEN_ROWS].astype(dtype))
+        if "lm_head" in plain:
+            plain["lm_head"] = plain["lm_head"].at[:, ids].set(adapters[TOKEN_HEAD].astype(dtype))
     return plain, config.replace(lora=None)
 
 

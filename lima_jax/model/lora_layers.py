@@ -136,4 +136,5 @@ def with_token_rows(table_vd: jax.Array, tokens: jax.Array, rows_rd: jax.Array, 
     x = jnp.take(table_vd, tokens, axis=0)
     match = tokens[..., None] == jnp.asarray(token_ids, tokens.dtype)  # [..., R]
     replaced = jnp.einsum("...r,rd->...d", match.astype(rows_rd.dtype), rows_rd)
-    return jnp.where(match.any(-1, keepdims=True), replaced.astype(x.dtype), x)
+    # In the rows' dtype: a bfloat16 frozen table must not round the trained float32 rows.
+    return jnp.where(match.any(-1, keepdims=True), replaced, x.astype(replaced.dtype))

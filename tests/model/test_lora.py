@@ -50,7 +50,8 @@ def _moved(params: dict, seed: int = 0) -> dict:
 
 def test_a_fresh_adapter_leaves_the_model_as_it_was(plain):
     base, config, params, plain = _lora(plain, token_ids=(299,))
-    np.testing.assert_array_equal(_model(config, params)(TOKENS), _model(base, plain)(TOKENS))
+    # The new token's logits come from their own matmul (`Llama.token_columns`): equal to rounding.
+    np.testing.assert_allclose(_model(config, params)(TOKENS), _model(base, plain)(TOKENS), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("base_dtype, tied", [("", False), ("int8", False), ("nf4", True), ("bfloat16", True)])

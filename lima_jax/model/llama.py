@@ -61,8 +61,10 @@ class DecoderBlock(nnx.Module):
         inputs at `lora.dropout`."""
         keys = None
         if dropout_key is not None:
-            attn_key, mlp_key, adapter_key = jax.random.split(dropout_key, 3)
-            keys = adapter_keys(adapter_key, self.config)
+            attn_key, mlp_key = jax.random.split(dropout_key)
+            # Adapter dropout draws from a key of its own, so the residual dropout's masks (and a
+            # full fine-tuning run's numbers) are those of a model without adapters.
+            keys = adapter_keys(jax.random.fold_in(dropout_key, 2), self.config)
         attn_out = self.attention(self.attention_norm(x_btd), cos_bth, sin_bth, attend, keys)
         if dropout_key is not None:
             attn_out = residual_dropout(attn_out, dropout_rate, attn_key)

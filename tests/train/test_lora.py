@@ -144,7 +144,8 @@ def test_a_lora_run_learns_and_its_checkpoints_hold_the_adapters_only(lora_run):
     assert all(name.endswith(("_lora_a", "_lora_b")) for module in params["layers"].values() for name in module)
     meta = read_train_meta(run / "checkpoints" / "21")
     assert meta["model_config"]["lora"]["rank"] == 4 and meta["lora_base"]["needed_ids"]
-    assert summary["checkpoint_bytes_written"]["full_state"] < (run.parent / "base").stat().st_size + 2**20
+    base_bytes = sum(f.stat().st_size for f in (run.parent / "base").rglob("*") if f.is_file())
+    assert summary["checkpoint_bytes_written"]["full_state"] < base_bytes  # adapters + AdamW + meta, no base
 
 
 def test_decoding_a_lora_run_merges_it_and_keeps_its_held_out_loss(lora_run):

@@ -38,11 +38,19 @@ import numpy as np
 from lima_jax import sharding as sharding_lib
 from lima_jax.chips import chip, hbm_gib
 from lima_jax.errors import LimaError
-from lima_jax.model import lora as lora_lib
 from lima_jax.model.presets import get_preset
 from lima_jax.train import run_estimate as run_model
-from lima_jax.train.config import RunConfigError, model_config_overrides, total_flops_per_token, use_model_tokenizer
+from lima_jax.train.config import RunConfigError, model_config_overrides, use_model_tokenizer
+from lima_jax.train.hlo_cost import loop_counted_cost
 from lima_jax.train.state import with_lora
+from lima_jax.train.state_sizes import (
+    leaf_count,
+    matmul_parameters,
+    model_flops_per_token,
+    plain_parameters,
+    train_state_sizes,
+    tree_bytes,
+)
 from lima_jax.train.step import compile_train_step
 
 # generation -> (libtpu name prefix, chip config, TensorCores per chip, 3-D torus)
@@ -108,236 +116,6 @@ def slice_topology(name: str):
                         'pip install -e ".[tpu]"') from None
 
 
-# ---------------------------------------------------------------------------- cost analysis
-
-_HEADER = re.compile(r"^(ENTRY )?%?([^\s(]+) \(")
-_INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([^\s=]+) = ")
-_METADATA = re.compile(r',? metadata=\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\}')
-_PASS_THROUGH = ("copy", "bitcast", "convert", "reshape")
-
-
-def _closing(text: str, i: int, open_: str = "(", close: str = ")") -> int:
-    """The index just past the bracket that closes the one at text[i]."""
-    depth = 0
-    while True:
-        depth += (text[i] == open_) - (text[i] == close)
-        i += 1
-        if depth == 0:
-            return i
-
-
-class _Computation:
-    """One computation of an HLO module's text: its lines and its instructions by name."""
-
-    def __init__(self, name: str, lines: list[str]):
-        self.name, self.lines, self.instructions, self.root = name, lines, {}, None
-        for line in lines[1:-1]:
-            match = _INSTRUCTION.match(line)
-            if not match:
-                continue
-            i = match.end()
-            i = _closing(line, i) + 1 if line[i] == "(" else line.index(" ", i) + 1  # the shape
-            j = line.index("(", i)
-            k = _closing(line, j)
-            opcode, args = line[i:j], line[j + 1:k - 1]
-            operands = [a.strip().lstrip("%") for a in args.split(",")] if args and opcode != "constant" else []
-            instruction = {"opcode": opcode, "operands": operands, "arg": args, "attrs": line[k:]}
-            self.instructions[match.group(2)] = instruction
-            if match.group(1):
-                self.root = instruction
-
-    def resolve(self, name: str) -> dict | None:
-        """The instruction `name` is, through copies, bitcasts, converts and reshapes."""
-        instruction = self.instructions.get(name)
-        for _ in range(8):
-            if not instruction or instruction["opcode"] not in _PASS_THROUGH:
-                break
-            instruction = self.instructions.get(instruction["operands"][0])
-        return instruction
-
-    def constant(self, name: str) -> int | None:
-        instruction = self.resolve(name)
-        if instruction and instruction["opcode"] == "constant":
-            try:
-                return int(instruction["arg"])
-            except ValueError:
-                return None
-        return None
-
-    def parameter_element(self, name: str) -> int | None:
-        """k where `name` is element k of the computation's (tuple) parameter."""
-        instruction = self.resolve(name)
-        if instruction and instruction["opcode"] == "get-tuple-element":
-            source = self.instructions.get(instruction["operands"][0])
-            index = re.search(r"index=(\d+)", instruction["attrs"])
-            if index and source and source["opcode"] == "parameter":
-                return int(index.group(1))
-        return None
-
-
-def _split_module(text: str) -> tuple[dict[str, _Computation], str]:
-    computations, entry, name, lines = {}, None, None, []
-    for line in text.splitlines():
-        if name is None:
-            match = _HEADER.match(line)
-            if match and line.rstrip().endswith("{"):
-                name, lines = match.group(2), [line]
-                entry = name if match.group(1) else entry
-            continue
-        lines.append(line)
-        if line == "}":
-            computations[name] = _Computation(name, lines)
-            name = None
-    return computations, entry
-
-
-def _loop_parts(instruction: dict) -> tuple[str, str]:
-    attrs = instruction["attrs"]
-    return (re.search(r"condition=%?([^\s,]+)", attrs).group(1),
-            re.search(r"body=%?([^\s,]+)", attrs).group(1))
-
-
-def _trip_count(computations: dict[str, _Computation], caller: _Computation, loop: dict) -> int | None:
-    """A while loop's trip count: XLA's `known_trip_count` where the backend records it (CPU,
-    GPU), else read off the loop (TPU): a condition `counter < N` on one element of the loop's
-    tuple, that element's initial constant, and the constant the body adds to it."""
-    known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', loop["attrs"])
-    if known:
-        return int(known.group(1))
-    condition_name, body_name = _loop_parts(loop)
-    condition, body = computations[condition_name], computations[body_name]
-    root = condition.root
-    if not root or root["opcode"] != "compare" or len(root["operands"]) != 2:
-        return None
-    direction = re.search(r"direction=(\w+)", root["attrs"]).group(1)
-    left, right = root["operands"]
-    k, bound = condition.parameter_element(left), condition.constant(right)
-    if k is None:
-        k, bound = condition.parameter_element(right), condition.constant(left)
-        direction = {"LT": "GT", "GT": "LT", "LE": "GE", "GE": "LE"}.get(direction, direction)
-    initial = caller.resolve(loop["operands"][0]) if loop["operands"] else None
-    if k is None or bound is None or not initial or initial["opcode"] != "tuple" or \
-            not body.root or body.root["opcode"] != "tuple":
-        return None
-    start = caller.constant(initial["operands"][k])
-    increment = body.resolve(body.root["operands"][k])
-    step = None
-    if increment and increment["opcode"] == "add":
-        x, y = increment["operands"]
-        step = body.constant(y) if body.parameter_element(x) == k else (
-            body.constant(x) if body.parameter_element(y) == k else None)
-    if start is None or not step:
-        return None
-    if direction == "LT" and step > 0:
-        return max(0, -(-(bound - start) // step))
-    if direction == "LE" and step > 0:
-        return max(0, (bound - start) // step + 1)
-    if direction == "GT" and step < 0:
-        return max(0, -(-(start - bound) // -step))
-    if direction == "GE" and step < 0:
-        return max(0, (start - bound) // -step + 1)
-    if direction == "NE" and (bound - start) % step == 0 and (bound - start) // step >= 0:
-        return (bound - start) // step
-    return None
-
-
-def _cost_client():
-    try:
-        return jax.devices("cpu")[0].client
-    except RuntimeError:  # a platform list without the CPU
-        return jax.devices()[0].client
-
-
-def loop_counted_cost(executable) -> dict:
-    """FLOPs and bytes accessed per device of a compiled (partitioned) program, from XLA's cost
-    analysis, with every while loop's body counted as many times as the loop runs.
-
-    `Compiled.cost_analysis()` counts a while loop's body once, so a step that scans its layers
-    (or micro-batches, or loss chunks) reports a fraction of its work (measured: a quarter, for
-    a 12-layer scan). Here each loop body is analysed on its own (the module's text with that
-    body as its entry computation, through XLA's own HloCostAnalysis) and counted its trip count
-    times, inner loops first. Returns `flops` and `bytes_accessed` so counted, XLA's figures as
-    it reports them (`xla_flops`, `xla_bytes_accessed`), the loops' trip counts, and the loops
-    whose trip count could not be read (counted once, as XLA does).
-
-    The FLOPs match the model's count (tests/train/test_aot.py). The bytes are an upper bound: XLA
-    counts a whole loop-carried buffer where a loop updates a slice of it in place (the
-    accumulators of the windowed collective matmuls of FSDP, measured: several times the bytes a
-    65B layer's weights and activations take), and that now counts every trip."""
-    from jax._src.lib import _jax
-    from jaxlib import _hlo
-
-    reported = executable.cost_analysis()
-    if isinstance(reported, (list, tuple)):
-        reported = reported[0]
-    out = {"xla_flops": float(reported.get("flops", 0.0)),
-           "xla_bytes_accessed": float(reported.get("bytes accessed", 0.0))}
-    out.update(flops=out["xla_flops"], bytes_accessed=out["xla_bytes_accessed"], loops=[],
-               uncounted_loops=0)
-    try:
-        computations, entry = _split_module(_METADATA.sub("", executable.as_text()))
-    except Exception as err:  # noqa: BLE001 - a module text this parser does not follow
-        out["loop_count_error"] = f"{type(err).__name__}: {err}"
-        return out
-    if entry is None:
-        return out
-    raw_cost, true_cost = {}, {}
-
-    def raw(name: str) -> tuple[float, float]:
-        """XLA's cost of `name` run once, loop bodies inside it counted once."""
-        if name not in raw_cost:
-            blocks = []
-            for other in computations:
-                block = "\n".join(computations[other].lines)
-                block = block.removeprefix("ENTRY ") if other == entry else block
-                blocks.append("ENTRY " + block if other == name else block)
-            module = _hlo.hlo_module_from_text("HloModule cost\n\n" + "\n\n".join(blocks))
-            cost = _jax.hlo_module_cost_analysis(_cost_client(), module)
-            raw_cost[name] = (float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
-        return raw_cost[name]
-
-    def loops_in(name: str, seen: set) -> list[tuple[str, int | None]]:
-        """(body, trip count) of the loops `name` runs, itself or through calls, not inside
-        another loop."""
-        computation, found, loop_parts = computations[name], [], set()
-        for instruction in computation.instructions.values():
-            if instruction["opcode"] == "while":
-                condition, body = _loop_parts(instruction)
-                found.append((body, _trip_count(computations, computation, instruction)))
-                loop_parts |= {condition, body}
-        for called in set(re.findall(r"%([^\s,(){}]+)", "\n".join(computation.lines[1:]))):
-            if called in computations and called not in loop_parts and called not in seen:
-                seen.add(called)
-                found += loops_in(called, seen)
-        return found
-
-    def counted(name: str) -> tuple[float, float]:
-        if name not in true_cost:
-            flops, accessed = raw(name)
-            for body, trips in loops_in(name, {name}):
-                out["loops"].append(trips)
-                if trips is None:
-                    out["uncounted_loops"] += 1
-                    continue
-                body_flops, body_bytes = counted(body)
-                raw_flops, raw_bytes = raw(body)
-                flops += trips * body_flops - raw_flops
-                accessed += trips * body_bytes - raw_bytes
-            true_cost[name] = (flops, accessed)
-        return true_cost[name]
-
-    try:
-        entry_flops, entry_bytes = raw(entry)
-        flops, accessed = counted(entry)
-    except Exception as err:  # noqa: BLE001 - a module text this parser does not follow
-        out["loop_count_error"] = f"{type(err).__name__}: {err}"
-        return out
-    # XLA's own figures, plus what the loops' other trips add.
-    out["flops"] = out["xla_flops"] + flops - entry_flops
-    out["bytes_accessed"] = out["xla_bytes_accessed"] + accessed - entry_bytes
-    return out
-
-
 # ---------------------------------------------------------------------------- the run's inputs
 
 
@@ -367,109 +145,6 @@ def data_steps_per_epoch(config: ml_collections.ConfigDict) -> tuple[list[int] |
         return list(plan_from_config(data, examples).steps_per_epoch), ""
     except (LimaError, OSError, ValueError) as err:
         return None, f"the data plan could not be made: {err}"
-
-
-def _itemsize(dtype) -> float:
-    """Bytes an element of `dtype` takes (half a byte for the 4-bit types, packed)."""
-    return jax.dtypes.itemsize_bits(np.dtype(dtype)) / 8
-
-
-def _tree_bytes(tree) -> int:
-    return int(sum(math.prod(x.shape) * _itemsize(x.dtype) for x in jax.tree.leaves(tree)))
-
-
-def _device_bytes(tree) -> int:
-    """The bytes of `tree` (ShapeDtypeStructs with shardings) that one device holds: each leaf's
-    shard (its whole shape where it has no sharding)."""
-    total = 0.0
-    for x in jax.tree.leaves(tree):
-        sharding = getattr(x, "sharding", None)
-        shape = sharding.shard_shape(x.shape) if sharding is not None else x.shape
-        total += math.prod(shape) * _itemsize(x.dtype)
-    return int(total)
-
-
-def _count(tree) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def _plain_params(model_config) -> dict:
-    """ShapeDtypeStructs of the model's parameters without LoRA (the base model, unquantized)."""
-    from flax import nnx
-
-    from lima_jax.model.llama import abstract_model
-
-    return nnx.to_pure_dict(nnx.state(abstract_model(model_config.replace(lora=None)), nnx.Param))
-
-
-def plain_parameters(model_config) -> int:
-    """All parameters of the model without its LoRA adapters (what an export holds)."""
-    return _count(_plain_params(model_config))
-
-
-def matmul_parameters(model_config) -> int:
-    """Parameters of the base model (LoRA adapters not counted) that take part in a matmul per
-    token: all but the norm scales, and the input embedding unless it is the output layer too
-    (`StepFunctions.matmul_param_count` of the model without LoRA)."""
-    pure = _plain_params(model_config)
-    total = sum(math.prod(x.shape) for x in jax.tree.leaves(pure) if len(x.shape) >= 2)
-    if not model_config.tie_embeddings:
-        total -= math.prod(pure["embedding"].shape)
-    return int(total)
-
-
-def trainable_matmul_parameters(model_config) -> int:
-    """Under LoRA, the trainable parameters that take part in a matmul per token: the adapters,
-    and the new tokens' output columns (`token_head`, or `token_rows` when the embeddings are
-    tied); 0 without LoRA."""
-    if model_config.lora is None:
-        return 0
-    from flax import nnx
-
-    from lima_jax.model.llama import abstract_model
-
-    pure = nnx.to_pure_dict(nnx.state(abstract_model(model_config), nnx.Param))
-    head = lora_lib.TOKEN_ROWS if model_config.tie_embeddings else lora_lib.TOKEN_HEAD
-    flat = jax.tree_util.tree_flatten_with_path(lora_lib.trainable(pure))[0]
-    return int(sum(math.prod(x.shape) for path, x in flat
-                   if str(path[-1].key).endswith((lora_lib.LORA_A, lora_lib.LORA_B)) or path[-1].key == head))
-
-
-def model_flops_per_token(model_config, seq_len: int) -> float:
-    """Training FLOPs per token of the model (`total_flops_per_token`: 6 per matmul parameter
-    and causal attention). Under LoRA the frozen base computes no weight gradient: 4 FLOPs per
-    frozen matmul parameter (forward and input gradient) and 6 per trainable one."""
-    attention = total_flops_per_token(0, model_config.n_layers, seq_len, model_config.n_heads * model_config.head_dim)
-    base = matmul_parameters(model_config)
-    if model_config.lora is None:
-        return 6.0 * base + attention
-    return 4.0 * base + 6.0 * trainable_matmul_parameters(model_config) + attention
-
-
-def _lora_text(spec) -> str:
-    return (f"LoRA rank {spec.rank}, alpha {spec.alpha:g}, dropout {spec.dropout:g}, targets "
-            f"{','.join(spec.targets)}, base {spec.base_dtype or 'param_dtype'}"
-            + (" (packed 4-bit)" if spec.base_dtype in ("int4", "nf4") and spec.packed_4bit else ""))
-
-
-def train_state_sizes(sharded, model_config) -> dict:
-    """What the train state holds, in all and per device (each leaf's shard): the parameters
-    (under LoRA the frozen base with its adapters), the trainable ones, and the optimizer state,
-    which covers the trainable parameters only (AdamW: two moments of each, plus counters)."""
-    state = sharded.abstract_state
-    params, fns = state["params"], sharded.fns
-    trainable = fns.trainable(params)
-    return {
-        "lora": _lora_text(model_config.lora) if model_config.lora else None,
-        "parameters": plain_parameters(model_config) if fns.lora else _count(params),
-        "trainable_parameters": _count(trainable),
-        "param_bytes": _tree_bytes(params),
-        "param_bytes_per_device": _device_bytes(params),
-        "trainable_bytes": _tree_bytes(trainable),
-        "trainable_bytes_per_device": _device_bytes(trainable),
-        "optimizer_state_bytes": _tree_bytes(state["opt_state"]),
-        "optimizer_state_bytes_per_device": _device_bytes(state["opt_state"]),
-    }
 
 
 def _weights_load_bytes(init_from: str, parameters: int) -> tuple[float, str]:
@@ -608,10 +283,10 @@ def _run_estimate(config, sharded, compile_s: float, step: dict) -> dict:
     state = sharded.abstract_state
     lora = sharded.fns.lora
     saved = {**state, "params": sharded.fns.trainable(state["params"])} if lora else state
-    parameters = _count(state["params"]) if not lora else plain_parameters(sharded.fns.model_config)
-    saved_parameters = _count(saved["params"])  # what a snapshot holds
+    parameters = leaf_count(state["params"]) if not lora else plain_parameters(sharded.fns.model_config)
+    saved_parameters = leaf_count(saved["params"])  # what a snapshot holds
     snapshot_dtype = config.checkpoint.get("snapshot_dtype", "bfloat16")
-    full_state_bytes = _tree_bytes(saved)
+    full_state_bytes = tree_bytes(saved)
     snapshot_bytes = saved_parameters * np.dtype(jax.numpy.dtype(snapshot_dtype)).itemsize
     export_bytes = 2 * parameters  # bfloat16 (LoRA: the adapters merged into the base)
     init_bytes, init_source = _weights_load_bytes(config.model.init_from, parameters)
@@ -630,9 +305,9 @@ def _run_estimate(config, sharded, compile_s: float, step: dict) -> dict:
         keep_epochs=(int(config.checkpoint.keep_epochs_from), int(config.checkpoint.keep_epochs_to)),
         max_steps=int(config.train.max_steps), unknown_reason="; ".join(unknown))
     estimate = run_model.estimate_run(**inputs)
-    estimate.update(parameters=parameters, parameter_bytes=_tree_bytes(state["params"]),
-                    saved_parameters=saved_parameters, saved_parameter_bytes=_tree_bytes(saved["params"]),
-                    optimizer_state_bytes=_tree_bytes(state["opt_state"]), lora=lora,
+    estimate.update(parameters=parameters, parameter_bytes=tree_bytes(state["params"]),
+                    saved_parameters=saved_parameters, saved_parameter_bytes=tree_bytes(saved["params"]),
+                    optimizer_state_bytes=tree_bytes(state["opt_state"]), lora=lora,
                     snapshot_dtype=snapshot_dtype, weights_load_bytes=init_bytes,
                     weights_load_source=init_source)
     return {"run_estimate": estimate, "run_estimate_inputs": dict(inputs, mfu=step["mfu"])}

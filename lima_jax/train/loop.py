@@ -36,7 +36,6 @@ from lima_jax.data import build_pipeline
 from lima_jax.errors import LimaError
 from lima_jax.jsonl import write_json
 from lima_jax.model import lora as lora_lib
-from lima_jax.train.aot import model_flops_per_token
 from lima_jax.train.base_weights import LORA_BASE_META, initial_params
 from lima_jax.train.config import make_run_mesh, validate_config
 from lima_jax.train.metrics import MetricsLogger, StepTimer, plot_loss_curve
@@ -48,6 +47,7 @@ from lima_jax.train.state import (
     make_model_config,
     prepare_demo_data,
 )
+from lima_jax.train.state_sizes import model_flops_per_token
 from lima_jax.train.step import ShardedTrainStep, compile_train_step
 from lima_jax.train.workdir import check_run, claim_workdir, record_run
 

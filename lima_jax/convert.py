@@ -45,27 +45,22 @@ from lima_jax.checkpoint import (
     SNAPSHOT,
     TRAIN_STEP,
     WORKDIR,
-    CheckpointError,
-    NonFiniteWeights,
     check_finite,
     checkpoint_kind,
     load_model,
     model_tokenizer,
-    newest_that_restores,
     read_snapshot_meta,
     read_snapshot_params,
     read_train_meta,
     read_train_params,
-    restore_problem,
     save_model,
-    saved_steps,
 )
 from lima_jax.cli import run_command, setup_logging
 from lima_jax.data.errors import DataError
 from lima_jax.data.tokenizer import Tokenizer, read_tokenizer_files, tokenizer_file_in
 from lima_jax.data.tokenizer_export import export_files, export_tokenizer, hf_token_ids, remove_tokenizer_files
-from lima_jax.decode.load import load_for_decoding
-from lima_jax.errors import InputError, LimaError
+from lima_jax.decode.load import load_for_decoding, read_run_checkpoint
+from lima_jax.errors import InputError
 from lima_jax.model import lora as lora_lib
 from lima_jax.model.config import LlamaConfig
 from lima_jax.model.hf import NUMPY_DTYPES, SAFETENSORS_FILE, SAFETENSORS_INDEX, from_hf, to_hf
@@ -213,21 +208,6 @@ def _read_adapters(step_dir: pathlib.Path) -> tuple[dict, LlamaConfig, dict]:
     return adapters, config, meta
 
 
-def _read_step_adapters(step_dir: pathlib.Path) -> tuple[dict, LlamaConfig, dict]:
-    """`_read_adapters` of the step directory the user named; one that does not restore is a
-    CheckpointError naming it (as decoding reports it)."""
-    try:
-        return _read_adapters(step_dir)
-    except NonFiniteWeights as err:
-        raise CheckpointError(f"does not restore ({err})", where=str(step_dir)) from None
-    except LimaError:
-        raise
-    except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many kinds
-        raise CheckpointError(f"does not restore ({restore_problem(err)})", where=str(step_dir),
-                              hint="give an older step, or the workdir to take its newest that "
-                                   "restores") from None
-
-
 def _reinitialised_rows(meta: dict, config: LlamaConfig) -> dict | None:
     """The rows a LoRA run re-initialised in its frozen base (tokens it needed that the base never
     trained, `lima_jax.train.base_weights.initial_params`), as `write_peft`'s base_rows: PEFT's
@@ -280,12 +260,7 @@ def lima_to_peft(ckpt: str, out: str, *, dtype: str | None = None) -> pathlib.Pa
         raise InputError("is neither a training step directory (state/, meta/) nor a selection snapshot "
                          "(params/, meta/) nor a workdir with checkpoints/<step>/ or snapshots/<step>/",
                          where=str(path))
-    path = path.absolute()
-    if kind == WORKDIR:
-        steps = saved_steps(path)
-        _, (adapters, config, meta), _ = newest_that_restores(list(steps), lambda s: _read_adapters(steps[s]), path)
-    else:
-        adapters, config, meta = _read_step_adapters(path)
+    adapters, config, meta = read_run_checkpoint(path.absolute(), kind, _read_adapters)
     base = meta["config"]["model"]["init_from"]
     if checkpoint_kind(base) == MODEL:
         log.warning("the run's base %s is a lima_jax checkpoint: convert it with lima-to-hf and point "

@@ -15,6 +15,8 @@ the kinds apart.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 from flax import nnx
@@ -50,6 +52,8 @@ from lima_jax.errors import LimaError
 from lima_jax.model import LlamaConfig, abstract_model, from_hf, load_hf_config
 from lima_jax.model import lora as lora_lib
 from lima_jax.model.llama import Llama
+
+T = TypeVar("T")
 
 
 class LoadError(LimaError, ValueError):
@@ -97,30 +101,25 @@ def _load_lora(step_dir: pathlib.Path, snapshot: bool, meta: dict, config: Llama
     return nnx.merge(graphdef, state)
 
 
-def _load_step(step_dir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
-    """The step directory the user named; one that does not restore is a CheckpointError naming it."""
+def read_run_checkpoint(path: pathlib.Path, kind: str, read: Callable[[pathlib.Path], T]) -> T:
+    """`read(step_dir)` of a training run's checkpoint: the step directory or snapshot the user
+    named (one that does not restore is a CheckpointError naming it), or with `kind` WORKDIR the
+    workdir's newest step, full state or snapshot, that restores (the others named in warnings).
+    Decoding reads models this way, `convert lima-to-peft` adapters."""
+    if kind == WORKDIR:
+        steps = saved_steps(path)
+        _, loaded, _ = newest_that_restores(list(steps), lambda step: read(steps[step]), path)
+        return loaded
     try:
-        return _load_train_checkpoint(step_dir, mesh, dtype)
+        return read(path)
     except NonFiniteWeights as err:
-        raise CheckpointError(f"does not restore ({err})", where=str(step_dir)) from None
+        raise CheckpointError(f"does not restore ({err})", where=str(path)) from None
     except LimaError:
         raise
     except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many kinds
-        raise CheckpointError(f"does not restore ({restore_problem(err)})", where=str(step_dir),
+        raise CheckpointError(f"does not restore ({restore_problem(err)})", where=str(path),
                               hint="give an older step, or the workdir to take its newest that "
                                    "restores") from None
-
-
-def _load_newest_step(workdir: pathlib.Path, mesh, dtype: str | None) -> tuple[Llama, Tokenizer]:
-    """The newest step of a training workdir that restores (the others named in warnings): its
-    full train state, or its selection snapshot when that step has no full state."""
-    steps = saved_steps(workdir)
-
-    def load(step: int):
-        return _load_train_checkpoint(steps[step], mesh, dtype)
-
-    _, loaded, _ = newest_that_restores(list(steps), load, workdir)
-    return loaded
 
 
 def _tokenizer(path: pathlib.Path | None, where: pathlib.Path) -> Tokenizer:
@@ -168,8 +167,8 @@ def load_for_decoding(*, ckpt: str | None = None, hf: str | None = None, tokeniz
             f"--ckpt {path}: neither a model checkpoint ({MODEL_CONFIG_FILE} + params/) nor a "
             "training step directory (state/, meta/) nor a selection snapshot (params/, meta/) nor a "
             "workdir with checkpoints/<step>/ or snapshots/<step>/")
-    load = _load_newest_step if kind == WORKDIR else _load_step
-    model, tok = load(path.absolute(), mesh, dtype)
+    model, tok = read_run_checkpoint(path.absolute(), kind,
+                                     lambda step_dir: _load_train_checkpoint(step_dir, mesh, dtype))
     return model, (Tokenizer.load(tok_path, eot=tok.eot) if tok_path else tok)
 
 

@@ -56,7 +56,7 @@ def plain_parameters(model_config) -> int:
 def matmul_parameters(model_config) -> int:
     """Parameters of the base model (LoRA adapters not counted) that take part in a matmul per
     token: all but the norm scales, and the input embedding unless it is the output layer too
-    (`StepFunctions.matmul_param_count` of the model without LoRA)."""
+    (what MFU counts: `StepFunctions.matmul_param_count`)."""
     pure = _plain_params(model_config)
     total = sum(math.prod(x.shape) for x in jax.tree.leaves(pure) if len(x.shape) >= 2)
     if not model_config.tie_embeddings:

@@ -44,6 +44,7 @@ from lima_jax.model.llama import Llama, abstract_model
 from lima_jax.train.config import rows_per_device_check
 from lima_jax.train.loss import chunked_ce_sums
 from lima_jax.train.optim import learning_rate_schedule, make_optimizer
+from lima_jax.train.state_sizes import matmul_parameters
 
 Batch = dict  # tokens, targets, segment_ids, positions: int32 [B, T]; loss_mask float32 [B, T]
 
@@ -96,11 +97,7 @@ class StepFunctions:
     def matmul_param_count(self) -> int:
         """Parameters that take part in a matmul per token (for FLOPs and MFU): all but
         the norm scales, and the input embedding unless it doubles as the output layer."""
-        pure = nnx.to_pure_dict(self.abstract_state)
-        total = sum(x.size for x in jax.tree.leaves(pure) if x.ndim >= 2)
-        if not self.model_config.tie_embeddings:
-            total -= pure["embedding"].size
-        return int(total)
+        return matmul_parameters(self.model_config)  # the base model's, under LoRA too
 
     # ------------------------------------------------------------------ loss
 

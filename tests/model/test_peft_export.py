@@ -181,10 +181,10 @@ def test_errors_are_one_line_before_anything_is_written(chat_eot_run, tmp_path, 
 
 def test_a_checkpoint_without_lora_or_init_from_says_so(chat_eot_run, tmp_path, capsys, monkeypatch):
     from lima_jax import convert
-    from lima_jax.checkpoint import read_train_meta
+    from lima_jax.checkpoint import read_train_meta, saved_steps
 
     _, workdir = chat_eot_run
-    meta = read_train_meta(list(convert.saved_steps(workdir).values())[-1])
+    meta = read_train_meta(list(saved_steps(workdir).values())[-1])
     full = json.loads(json.dumps(meta))
     full["model_config"]["lora"] = None
     monkeypatch.setattr(convert, "read_train_meta", lambda _: full)
@@ -208,13 +208,13 @@ def test_rows_the_run_reinitialised_in_its_base_travel_as_trainable_tokens(chat_
     from safetensors.numpy import load_file, save_file
 
     from lima_jax import convert
-    from lima_jax.checkpoint import read_train_meta
+    from lima_jax.checkpoint import read_train_meta, saved_steps
     from lima_jax.model.config import LlamaConfig
     from lima_jax.model.peft import write_peft
     from lima_jax.train.base_weights import LORA_BASE_META, lora_base_params
 
     hf, workdir = chat_eot_run
-    meta = read_train_meta(list(convert.saved_steps(workdir).values())[-1])
+    meta = read_train_meta(list(saved_steps(workdir).values())[-1])
     config = LlamaConfig.from_dict(meta["model_config"])
     eot = config.eot_token_id
     assert eot in meta[LORA_BASE_META]["needed_ids"]
@@ -229,7 +229,7 @@ def test_rows_the_run_reinitialised_in_its_base_travel_as_trainable_tokens(chat_
     assert rows["ids"] == [eot] and "lm_head" not in rows  # tied: one table
     run_base = np.asarray(lora_base_params(meta, config)["embedding"])
     np.testing.assert_array_equal(rows["embedding"][0], run_base[eot])  # the row the run trained on
-    adapters, _, _ = convert._read_adapters(list(convert.saved_steps(workdir).values())[-1])
+    adapters, _, _ = convert._read_adapters(list(saved_steps(workdir).values())[-1])
     out = write_peft(adapters, config, tmp_path / "peft", base_model=str(untrained), base_rows=rows)
     tensors = load_file(out / "adapter_model.safetensors")
     assert json.loads((out / "adapter_config.json").read_text())["trainable_token_indices"] == {"embed_tokens": [eot]}

@@ -124,6 +124,10 @@ def _lora_config(workdir, root, **changes):
     return c
 
 
+def _element_count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape")))
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
@@ -144,8 +148,11 @@ def test_a_lora_run_learns_and_its_checkpoints_hold_the_adapters_only(lora_run):
     assert all(name.endswith(("_lora_a", "_lora_b")) for module in params["layers"].values() for name in module)
     meta = read_train_meta(run / "checkpoints" / "21")
     assert meta["model_config"]["lora"]["rank"] == 4 and meta["lora_base"]["needed_ids"]
-    base_bytes = sum(f.stat().st_size for f in (run.parent / "base").rglob("*") if f.is_file())
-    assert summary["checkpoint_bytes_written"]["full_state"] < base_bytes  # adapters + AdamW + meta, no base
+    # Counted in array elements, not bytes on disk: a tiny model's OCDBT files are mostly overhead.
+    base = ocp.StandardCheckpointer().metadata(run.parent / "base" / "params").item_metadata
+    saved, base_count = _element_count(params), _element_count(base)
+    assert saved < base_count / 10  # adapters and the EOT rows only
+    assert _element_count(state["opt_state"]) <= 2 * saved + 4  # AdamW's two moments and counters, no base
 
 
 def test_decoding_a_lora_run_merges_it_and_keeps_its_held_out_loss(lora_run):

@@ -351,6 +351,21 @@ def load_model(ckpt_dir: str | os.PathLike, *, shardings=None, **config_override
     return nnx.merge(graphdef, abstract_state)
 
 
+def read_model_tables(ckpt_dir: str | os.PathLike) -> dict:
+    """The vocabulary tables of a `save_model` checkpoint on the host (numpy, as stored):
+    ``embedding`` [V_padded, D] and, untied, ``lm_head`` [D, V_padded]. A partial restore: the
+    layers stay on disk."""
+    import numpy as np
+
+    ckpt_dir = pathlib.Path(ckpt_dir).absolute()
+    abstract = nnx.to_pure_dict(nnx.state(abstract_model(load_model_config(ckpt_dir)), nnx.Param))
+    tables = {name: abstract[name] for name in ("embedding", "lm_head") if name in abstract}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(ckpt_dir / PARAMS_DIR, args=ocp.args.PyTreeRestore(
+            item=tables, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tables),
+            partial_restore=True))
+
+
 def _sharding_pure(abstract_pure: dict, shardings) -> dict:
     """A pure dict of shardings for the parameters: `shardings` (an nnx State of shardings, or
     already a pure dict, the trainer's), or the default device for every parameter."""

@@ -33,7 +33,6 @@ import pathlib
 import sys
 
 import jax
-import numpy as np
 from flax import nnx
 
 from lima_jax.checkpoint import (
@@ -209,37 +208,24 @@ def _read_adapters(step_dir: pathlib.Path) -> tuple[dict, LlamaConfig, dict]:
 
 
 def _reinitialised_rows(meta: dict, config: LlamaConfig) -> dict | None:
-    """The rows a LoRA run re-initialised in its frozen base (tokens it needed that the base never
-    trained, `lima_jax.train.base_weights.initial_params`), as `write_peft`'s base_rows: PEFT's
-    copy of the base lacks them. Only the tables of a Hugging Face base are read, as the run read
-    them; None when none was re-initialised (or the base is not a Hugging Face directory here)."""
-    from lima_jax.model.hf import SafetensorsReader, append_vocab_rows, load_hf_config
-    from lima_jax.model.vocab_rows import reinit_untrained_rows
-    from lima_jax.train.base_weights import LORA_BASE_META
+    """Rows a LoRA run re-initialised in its frozen base and did not train (tokens it needed that
+    the base never trained, `lima_jax.train.base_weights.initial_params`; runs since the rows
+    train beside the adapters have none left), as `write_peft`'s base_rows: PEFT's copy of the
+    base lacks them. None when there are none, or when the base is not there to read."""
+    from lima_jax.train.base_weights import LORA_BASE_META, reinitialised_rows
 
     needed = [int(i) for i in meta.get(LORA_BASE_META, {}).get("needed_ids", ()) if i not in config.lora.token_ids]
     base = pathlib.Path(meta["config"]["model"]["init_from"])
-    if not needed or checkpoint_kind(base) != HF:
-        if needed and checkpoint_kind(base) is None:
-            log.warning("the run's base %s is not there: rows it may have re-initialised in it are not "
-                        "exported", base)
+    if not needed:
         return None
-    stored = load_hf_config(base)
-    v, d, added, padded = stored.vocab_size, config.dim, config.vocab_size - stored.vocab_size, config.padded_vocab_size
-    dtype, reader = NUMPY_DTYPES[config.param_dtype], SafetensorsReader(base)
-    tables = {"embedding": append_vocab_rows(reader.get("model.embed_tokens.weight", (v, d)).astype(dtype),
-                                             v, added, padded)}
-    if not config.tie_embeddings:
-        head = append_vocab_rows(reader.get("lm_head.weight", (v, d)).astype(dtype), v, added, padded)
-        tables["lm_head"] = head.T
-    fixed_tables, fixed = reinit_untrained_rows(jax.tree.map(jax.numpy.asarray, tables), needed, config.vocab_size)
-    if not fixed:
+    if checkpoint_kind(base) not in (HF, MODEL):
+        log.warning("the run's base %s is not there: rows it may have re-initialised in it are not "
+                    "exported", base)
         return None
-    log.warning("the run re-initialised the untrained rows of token ids %s in its frozen base: exported as "
-                "PEFT trainable tokens beside the adapters", fixed)
-    rows = {"ids": fixed, "embedding": np.asarray(fixed_tables["embedding"])[fixed]}
-    if "lm_head" in fixed_tables:
-        rows["lm_head"] = np.asarray(fixed_tables["lm_head"])[:, fixed].T
+    rows = reinitialised_rows(base, config, needed)
+    if rows:
+        log.warning("the run re-initialised the untrained rows of token ids %s in its frozen base: exported as "
+                    "PEFT trainable tokens beside the adapters", rows["ids"])
     return rows
 
 

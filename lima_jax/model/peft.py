@@ -190,7 +190,7 @@ def write_peft(adapters: dict, config: LlamaConfig, out_dir: str | os.PathLike, 
     os.replace(partial, out / ADAPTER_WEIGHTS_FILE)
     (out / ADAPTER_CONFIG_FILE).write_text(json.dumps(adapter_config(config, base_model, base_rows), indent=2))
     if lora.token_ids:
-        log.info("%s: new token rows %s train beside the adapters; resize the base's embeddings to %d "
-                 "(base.resize_token_embeddings(%d)) before PeftModel.from_pretrained", out,
-                 list(lora.token_ids), config.vocab_size, config.vocab_size)
+        log.info("%s: the rows of token ids %s trained beside the adapters (PEFT trainable tokens); a base "
+                 "with fewer than %d rows needs base.resize_token_embeddings(%d) before "
+                 "PeftModel.from_pretrained", out, list(lora.token_ids), config.vocab_size, config.vocab_size)
     return out

@@ -183,7 +183,7 @@ def compile_plan(config: ml_collections.ConfigDict) -> dict:
     vocab = dict(vocab_size=preset.vocab_size + 1, eot_token_id=preset.vocab_size) if new_eot else {}
     model_config = preset.replace(**vocab, **model_config_overrides(config))
     # LoRA: the new end of turn's rows train beside the adapters, as in a run.
-    model_config = with_lora(config, model_config, new_token_ids=(preset.vocab_size,) if new_eot else ())
+    model_config = with_lora(config, model_config, trained_token_ids=(preset.vocab_size,) if new_eot else ())
     # The schedule's length changes only learning-rate values, not what is compiled.
     sharded = compile_train_step(config, model_config, mesh, total_steps=1000)
     b, t = config.data.global_batch_size, config.data.max_len

@@ -6,14 +6,18 @@ start as the mean of the others (README "Training"), and rows of tokens the run 
 checkpoint never trained are set the same way (`lima_jax.model.vocab_rows`).
 
 Under LoRA the plain weights become the frozen base (quantized when `lora.base_dtype` asks) with
-fresh adapters (`lima_jax.model.lora.attach`). Checkpoints of a LoRA run hold only what trains, so
-resuming, decoding and exporting read the base again from here (`lora_base_params`), with the
-token ids the run needed recorded in its checkpoints' meta (`LORA_BASE_META`).
+fresh adapters (`lima_jax.model.lora.attach`). Rows the run re-initialises (`reinitialised_rows`,
+read before the model is built) train beside the adapters, as a new EOT's do: a mean row the
+base never learnt to read or produce would otherwise stay as it starts. Checkpoints of a LoRA run
+hold only what trains, so resuming, decoding and exporting read the base again from here
+(`lora_base_params`), with the token ids the run needed recorded in its checkpoints' meta
+(`LORA_BASE_META`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 from collections.abc import Iterable
 
@@ -30,11 +34,12 @@ from lima_jax.checkpoint import (
     checkpoint_kind,
     load_model,
     load_model_config,
+    read_model_tables,
 )
 from lima_jax.errors import LimaError
 from lima_jax.model import lora as lora_lib
 from lima_jax.model.config import LlamaConfig
-from lima_jax.model.hf import append_vocab_rows, from_hf, load_hf_config
+from lima_jax.model.hf import NUMPY_DTYPES, SafetensorsReader, append_vocab_rows, from_hf, load_hf_config
 from lima_jax.model.llama import abstract_model
 from lima_jax.model.vocab_rows import UNTRAINED_FRACTION, reinit_untrained_rows
 from lima_jax.train.config import RunConfigError
@@ -84,13 +89,54 @@ def initial_params(init_from: str, model_config: LlamaConfig, param_shardings, n
     params, fixed = reinit_untrained_rows(params, needed_ids, model_config.vocab_size)
     if fixed:
         log.warning("model.init_from: the rows of token ids %s were untrained (norm below %.0f%% of the "
-                    "median): initialised to the mean row, as a new EOT is", fixed, UNTRAINED_FRACTION * 100)
+                    "median): initialised to the mean row, as a new EOT is%s", fixed, UNTRAINED_FRACTION * 100,
+                    "; they train beside the adapters" if model_config.lora else "")
     if model_config.lora is None:
         return params
     rng = jax.random.PRNGKey(0) if rng is None else rng
     attach = jax.jit(lambda plain, key: lora_lib.attach(plain, model_config, key),
                      out_shardings=param_shardings, donate_argnums=0)
     return attach(params, rng)
+
+
+def base_tables(init_from: str | os.PathLike, model_config: LlamaConfig) -> dict[str, np.ndarray]:
+    """The vocabulary tables of `init_from` on the host, as a run of `model_config` builds them
+    (in its param_dtype, a new EOT's rows appended as the mean, padding rows zero): ``embedding``
+    [V_padded, D] and, untied, ``lm_head`` [D, V_padded]. Only the tables are read."""
+    path = pathlib.Path(init_from)
+    hf = init_from_kind(path) == HF
+    stored = load_hf_config(path) if hf else load_model_config(path)
+    v, added, padded = stored.vocab_size, model_config.vocab_size - stored.vocab_size, model_config.padded_vocab_size
+    if hf:
+        reader, shape = SafetensorsReader(path), (v, model_config.dim)
+        rows_vd = {"embedding": reader.get("model.embed_tokens.weight", shape)}
+        if not model_config.tie_embeddings:
+            rows_vd["lm_head"] = reader.get("lm_head.weight", shape)
+    else:
+        stored_tables = read_model_tables(path)
+        rows_vd = {"embedding": stored_tables["embedding"][:v]}
+        if "lm_head" in stored_tables:
+            rows_vd["lm_head"] = stored_tables["lm_head"][:, :v].T
+    dtype = NUMPY_DTYPES[model_config.param_dtype]
+    tables = {name: append_vocab_rows(t.astype(dtype), v, added, padded) for name, t in rows_vd.items()}
+    if "lm_head" in tables:
+        tables["lm_head"] = np.ascontiguousarray(tables["lm_head"].T)
+    return tables
+
+
+def reinitialised_rows(init_from: str | os.PathLike, model_config: LlamaConfig,
+                       needed_ids: Iterable[int]) -> dict | None:
+    """The rows among `needed_ids` that a run of `model_config` from `init_from` re-initialises
+    (`initial_params`: rows the base never trained), as they start: {"ids": [...], "embedding":
+    [n, D], and untied "lm_head": [n, D]}; None when there are none."""
+    tables = jax.tree.map(jax.numpy.asarray, base_tables(init_from, model_config))
+    fixed_tables, fixed = reinit_untrained_rows(tables, needed_ids, model_config.vocab_size)
+    if not fixed:
+        return None
+    rows = {"ids": fixed, "embedding": np.asarray(fixed_tables["embedding"])[fixed]}
+    if "lm_head" in fixed_tables:
+        rows["lm_head"] = np.asarray(fixed_tables["lm_head"])[:, fixed].T
+    return rows
 
 
 def lora_base_params(meta: dict, model_config: LlamaConfig, param_shardings=None) -> dict:

@@ -221,7 +221,8 @@ def train(config: ml_collections.ConfigDict) -> dict:
 
     # ---------------------------------------------------------------- model, optimizer, shardings
     check_train_serve(config, tokenizer)  # before any weight loads or anything compiles
-    model_config = make_model_config(config, tokenizer)
+    needed_ids = sorted(ids_the_run_needs(tokenizer, pipeline.examples.ids))
+    model_config = make_model_config(config, tokenizer, needed_ids)
     sharded = compile_train_step(config, model_config, mesh, total_steps)
     fns, rows = sharded.fns, sharded.rows
 
@@ -238,7 +239,6 @@ def train(config: ml_collections.ConfigDict) -> dict:
         if snapshots and keep else None
     iterator = pipeline.iterator()
     start_step = 0
-    needed_ids = sorted(ids_the_run_needs(tokenizer, pipeline.examples.ids))
 
     def starting_params():
         return initial_params(config.model.init_from, model_config, sharded.param_shardings, needed_ids,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from collections.abc import Iterable
 
 import jax
 import ml_collections
@@ -20,7 +21,7 @@ from lima_jax.data import generated as demo_data
 from lima_jax.model.config import ConfigError, LlamaConfig, LoraSpec
 from lima_jax.model.hf import load_hf_config
 from lima_jax.model.presets import get_preset
-from lima_jax.train.base_weights import init_from_kind
+from lima_jax.train.base_weights import init_from_kind, reinitialised_rows
 from lima_jax.train.config import MODEL_SHAPE_FIELDS, RunConfigError, lora_targets, model_config_overrides
 
 DEMO_DATA = "generated:demo"
@@ -60,17 +61,26 @@ def check_train_serve(config: ml_collections.ConfigDict, tokenizer) -> None:
                              f"--template {config.data.template})")
 
 
-def make_model_config(config: ml_collections.ConfigDict, tokenizer) -> LlamaConfig:
+def make_model_config(config: ml_collections.ConfigDict, tokenizer, needed_ids: Iterable[int] = ()) -> LlamaConfig:
     """The model's config: the preset (or the init_from checkpoint's shape), the
     tokenizer's vocabulary and end of turn, the run's numerics (dtypes, dropout, remat) and its
-    LoRA adapters (`config.lora`; a new end of turn's rows train beside them)."""
+    LoRA adapters (`config.lora`). Under LoRA the rows of a new end of turn, and those of the
+    `needed_ids` (`ids_the_run_needs`) that the base never trained, train beside the adapters:
+    the run starts them all as a mean row (`lima_jax.train.base_weights.initial_params`)."""
     model_config = _model_config(config, tokenizer)
-    return with_lora(config, model_config, new_token_ids=(tokenizer.eot_id,) if tokenizer.eot_is_new else ())
+    if not config.lora.rank:
+        return model_config
+    trained = {tokenizer.eot_id} if tokenizer.eot_is_new else set()
+    if config.model.init_from:
+        rows = reinitialised_rows(config.model.init_from, model_config, needed_ids)
+        trained |= set(rows["ids"] if rows else ())
+    return with_lora(config, model_config, trained_token_ids=sorted(trained))
 
 
-def with_lora(config: ml_collections.ConfigDict, model_config: LlamaConfig, new_token_ids=()) -> LlamaConfig:
-    """`model_config` with the run's `config.lora` (rank 0: unchanged); a value that cannot work
-    stops the run naming its key."""
+def with_lora(config: ml_collections.ConfigDict, model_config: LlamaConfig, trained_token_ids=()) -> LlamaConfig:
+    """`model_config` with the run's `config.lora` (rank 0: unchanged), the rows of
+    `trained_token_ids` training beside the adapters; a value that cannot work stops the run
+    naming its key."""
     lora = config.lora
     if not lora.rank:
         return model_config
@@ -79,7 +89,7 @@ def with_lora(config: ml_collections.ConfigDict, model_config: LlamaConfig, new_
         # from here can.
         packed = bool(config.get("topology")) or jax.default_backend() != "cpu"
         spec = LoraSpec(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora_targets(lora.targets),
-                        base_dtype=lora.base_dtype, token_ids=tuple(new_token_ids), packed_4bit=packed)
+                        base_dtype=lora.base_dtype, token_ids=tuple(trained_token_ids), packed_4bit=packed)
         return model_config.replace(lora=spec)
     except ConfigError as err:
         key = str(err).split()[0].split("=")[0].rstrip(":")

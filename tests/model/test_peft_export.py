@@ -70,6 +70,32 @@ def chat_eot_run(tmp_path_factory):
     return hf, _train(folder, hf)  # data.template=chat: <|im_end|> ends a turn, no new row
 
 
+def _without_trained_rows(hf: pathlib.Path, out: pathlib.Path, token: str) -> pathlib.Path:
+    """A copy of the Hugging Face base `hf` whose rows of `token` were never trained (norms near
+    zero in both tables, as Llama 3's base models ship <|eot_id|>)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+    from transformers import AutoTokenizer
+
+    shutil.copytree(hf, out)
+    token_id = AutoTokenizer.from_pretrained(hf).convert_tokens_to_ids(token)
+    weights = load_file(out / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in weights:
+            weights[name][token_id] = 1e-4
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def untrained_eot_run(tmp_path_factory):
+    """The chat template's <|im_end|> ends each turn, and the (untied) base never trained its rows."""
+    folder = tmp_path_factory.mktemp("peft_untrained_eot")
+    hf = _without_trained_rows(_base(folder, tied=False), folder / "untrained", "<|im_end|>")
+    return hf, _train(folder, hf)
+
+
 def _logits(model, sequences: list[list[int]]) -> list[np.ndarray]:
     import torch
 
@@ -255,3 +281,51 @@ def test_a_quantized_base_exports_with_a_warning(tmp_path, caplog):
     assert "int8-quantized base" in caplog.text
     written = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert written["target_modules"] == ["q_proj", "down_proj"] and written["r"] == 2
+
+
+def test_rows_the_base_never_trained_train_beside_the_adapters(untrained_eot_run, tmp_path):
+    """A reused end of turn whose rows the base never trained starts as the mean row (as a new EOT)
+    and, under LoRA, trains with the adapters (both tables); the export carries the trained rows
+    as PEFT trainable tokens, and PEFT on the untouched base gives the merged export's logits."""
+    from lima_jax import convert
+    from lima_jax.checkpoint import read_train_meta, saved_steps
+    from lima_jax.model.config import LlamaConfig
+    from lima_jax.train.base_weights import reinitialised_rows
+
+    hf, workdir = untrained_eot_run
+    step = list(saved_steps(workdir).values())[-1]
+    meta = read_train_meta(step)
+    config = LlamaConfig.from_dict(meta["model_config"])
+    eot = config.eot_token_id
+    assert config.lora.token_ids == (eot,) and config.vocab_size == meta["model_config"]["vocab_size"]
+    start = reinitialised_rows(hf, config, [eot])  # the mean rows the run started from
+    assert start["ids"] == [eot]
+    adapters, _, _ = convert._read_adapters(step)
+    trained_embedding = np.asarray(adapters["token_rows"], np.float32)[0]
+    trained_head = np.asarray(adapters["token_head"], np.float32)[:, 0]
+    assert np.abs(trained_embedding - start["embedding"][0]).max() > 1e-3  # they trained
+    assert np.abs(trained_head - start["lm_head"][0]).max() > 1e-3
+    assert convert._reinitialised_rows(meta, config) is None  # nothing left frozen at the mean
+    result = _check_peft_matches_merged(hf, workdir, tmp_path, eot)
+    assert result["config"]["trainable_token_indices"] == {"embed_tokens": [eot], "lm_head": [eot]}
+    np.testing.assert_allclose(
+        result["tensors"]["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"][0],
+        trained_embedding)
+
+
+def test_a_lima_checkpoint_base_reinitialises_the_rows_a_hugging_face_one_does(untrained_eot_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lima_jax.convert import main
+    from lima_jax.model.hf import load_hf_config
+    from lima_jax.train.base_weights import reinitialised_rows
+
+    hf, _ = untrained_eot_run
+    assert main(["hf-to-lima", "--hf", str(hf), "--out", str(tmp_path / "lima")]) == 0
+    config = load_hf_config(hf)
+    eot = AutoTokenizer.from_pretrained(hf).convert_tokens_to_ids("<|im_end|>")
+    # Of the ids a run needs, the untrained one is found and the trained ones (BOS, EOS) are not.
+    from_hf_dir, from_lima = (reinitialised_rows(path, config, [1, 2, eot]) for path in (hf, tmp_path / "lima"))
+    assert from_hf_dir["ids"] == from_lima["ids"] == [eot]
+    for table in ("embedding", "lm_head"):
+        np.testing.assert_array_equal(from_hf_dir[table], from_lima[table])

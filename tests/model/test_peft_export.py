@@ -330,3 +330,24 @@ def test_a_lima_checkpoint_base_reinitialises_the_rows_a_hugging_face_one_does(u
     assert from_hf_dir["ids"] == from_lima["ids"] == [eot]
     for table in ("embedding", "lm_head"):
         np.testing.assert_array_equal(from_hf_dir[table], from_lima[table])
+
+
+
+def test_a_resumed_run_trains_the_same_base_rows_bit_for_bit(untrained_eot_run, tmp_path):
+    """Resuming finds the same untrained rows in the base again and continues them exactly."""
+    import jax
+
+    from lima_jax.checkpoint import saved_steps
+    from lima_jax.convert import _read_adapters
+
+    hf, _ = untrained_eot_run
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut").mkdir()
+    whole = _train(tmp_path / "whole", hf, "train.max_steps=3")
+    cut = _train(tmp_path / "cut", hf)
+    _train(tmp_path / "cut", hf, "train.max_steps=3", "resume=True")
+    assert max(saved_steps(whole)) == max(saved_steps(cut)) == 3
+    a, b = (_read_adapters(saved_steps(workdir)[3])[0] for workdir in (whole, cut))
+    assert set(a) == set(b) == {"layers", "token_rows", "token_head"}
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -29,6 +29,7 @@ from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -355,8 +356,6 @@ def read_model_tables(ckpt_dir: str | os.PathLike) -> dict:
     """The vocabulary tables of a `save_model` checkpoint on the host (numpy, as stored):
     ``embedding`` [V_padded, D] and, untied, ``lm_head`` [D, V_padded]. A partial restore: the
     layers stay on disk."""
-    import numpy as np
-
     ckpt_dir = pathlib.Path(ckpt_dir).absolute()
     abstract = nnx.to_pure_dict(nnx.state(abstract_model(load_model_config(ckpt_dir)), nnx.Param))
     tables = {name: abstract[name] for name in ("embedding", "lm_head") if name in abstract}

@@ -1,8 +1,9 @@
 """Test setup shared by every test module.
 
 Gives JAX 8 fake CPU devices (for sharding tests) and a session-long compilation cache before
-jax is imported, and a `shared_data` fixture that points at `../shared/data` or skips the test with the
-reason when that folder is absent (as it is on a user's machine).
+jax is imported; a `shared_data` fixture that points at `../shared/data` or skips the test with
+the reason when that folder is absent (as it is on a user's machine), and `stories`, the real
+stories260K checkpoint in it.
 """
 
 import atexit
@@ -42,3 +43,12 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not present: {SHARED_DATA} does not exist")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def stories(shared_data) -> pathlib.Path:
+    """The real stories260K checkpoint in Hugging Face format; skips the test when it is absent."""
+    path = shared_data / "checkpoints" / "stories260K-hf"
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"real checkpoint not present: {path}")
+    return path

@@ -185,14 +185,6 @@ def test_convert_cli_reports_errors_without_traceback(tmp_path, capsys):
 # ----------------------------------------------------------------- the real checkpoint
 
 
-@pytest.fixture(scope="module")
-def stories(shared_data):
-    path = shared_data / "checkpoints" / "stories260K-hf"
-    if not (path / "model.safetensors").is_file():
-        pytest.skip(f"real checkpoint not present: {path}")
-    return path
-
-
 def test_stories260k_logits_and_greedy_tokens_match_transformers(stories):
     hf_model = LlamaForCausalLM.from_pretrained(stories, attn_implementation="eager").eval()
     model = from_hf(stories)

@@ -23,15 +23,6 @@ from lima_jax.model.llama2c import llama2c_to_hf, read_llama2c, rotary_from_hf, 
 from tests.helpers.llama2c_reference import TINY, llama2c_logits, meta_rows, tiny_hf, write_llama2c
 from tests.helpers.model_helpers import forward
 
-
-@pytest.fixture(scope="module")
-def stories(shared_data):
-    path = shared_data / "checkpoints" / "stories260K-hf"
-    if not (path / "model.safetensors").is_file():
-        pytest.skip(f"real checkpoint not present: {path}")
-    return path
-
-
 # ----------------------------------------------------------------- tests
 
 

@@ -49,14 +49,6 @@ STORY = (
 )
 
 
-@pytest.fixture(scope="module")
-def stories(shared_data):
-    path = shared_data / "checkpoints" / "stories260K-hf"
-    if not (path / "model.safetensors").is_file():
-        pytest.skip(f"real checkpoint not present: {path}")
-    return path
-
-
 def packed_batches(tokenizer_model, count: int, seed: int = 0) -> list[dict]:
     """`count` packed [ROWS, LENGTH] batches of real story text: each row holds several examples
     ([BOS] sentence(s) [EOS]) with segment ids 1..k and positions from 0 inside each, then at
